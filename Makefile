@@ -1,0 +1,38 @@
+# make repro : set up .venv and run the pipeline (dvc repro, the profile in params.yaml)
+# make test  : set up .venv and run the tests
+# On a machine without internet, CIFAR-10 is read from ANOMEM_CIFAR10_DIR (default: ../shared/data/cifar10
+# when it exists); with internet and no such folder, prepare_data downloads it through torchvision.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CIFAR_DEFAULT := $(wildcard ../shared/data/cifar10)
+ANOMEM_CIFAR10_DIR ?= $(if $(CIFAR_DEFAULT),$(abspath $(CIFAR_DEFAULT)),)
+export ANOMEM_CIFAR10_DIR
+export MLFLOW_DISABLE_TELEMETRY := true
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: setup repro test test-fast benchmarks mlflow-ui clean-resume
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+repro: setup
+	$(BIN)/anomem check-params
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+mlflow-ui: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+clean-resume:
+	rm -rf data/resume

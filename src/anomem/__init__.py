@@ -1,0 +1,3 @@
+"""AnoMem: image anomaly detection with multi-scale contrasted memory."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""Data: load and check the raw images, draw the index splits, and augment whole batches of tensors.
+
+Raw data is read once, checked, and written as one uint8 copy; every (class, setting) split is indices into it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomem.errors import DataError
+from anomem.params import DataParams, SETTINGS
+
+SPLIT_NAMES = ("train_normal", "val_normal", "train_known", "val_known")
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    images: np.ndarray  # (N, H, W, 3) uint8, RGB
+    labels: np.ndarray  # (N,) int64
+
+
+def _check_arrays(images, labels, file: Path, num_classes: int) -> ImageSet:
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[3] != 3:
+        raise DataError(f"{file}: 'images' must have shape (N, H, W, 3), got {getattr(images, 'shape', type(images))}")
+    if images.dtype != np.uint8:
+        raise DataError(f"{file}: 'images' must be uint8 (0..255), got {images.dtype}")
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise DataError(f"{file}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{file}: 'labels' must be integers, got {labels.dtype}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        raise DataError(f"{file}: labels must lie in 0..{num_classes - 1}; found {np.unique(bad)[:5].tolist()}")
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+
+
+def read_npz(file: Path, num_classes: int) -> ImageSet:
+    """Read one archive in the layout of shared/data/cifar10/README.md: arrays 'images' and 'labels'."""
+    if not file.is_file():
+        raise DataError(f"{file}: missing (expected an npz with arrays 'images' and 'labels')")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: empty file")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            missing = {"images", "labels"} - set(archive.files)
+            if missing:
+                raise DataError(f"{file}: lacks array(s) {sorted(missing)}; has {archive.files}")
+            images, labels = archive["images"], archive["labels"]
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+        raise DataError(f"{file}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
+    return _check_arrays(images, labels, file, num_classes)
+
+
+def load_from_folder(folder: Path, params: DataParams) -> tuple[ImageSet, ImageSet, dict]:
+    """Train and test sets from `{dataset}_train.npz` / `{dataset}_test.npz` in `folder`."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: data folder does not exist (ANOMEM_DATA_DIR / ANOMEM_CIFAR10_DIR must name the folder with the npz files)")
+    files = {split: folder / f"{params.dataset}_{split}.npz" for split in ("train", "test")}
+    if not any(f.exists() for f in files.values()):
+        raise DataError(f"{folder}: no {params.dataset}_train.npz or {params.dataset}_test.npz in this folder")
+    train = read_npz(files["train"], params.num_classes)
+    test = read_npz(files["test"], params.num_classes)
+    if train.images.shape[1:] != test.images.shape[1:]:
+        raise DataError(f"{files['test']}: image shape {test.images.shape[1:]} differs from train's {train.images.shape[1:]}")
+    source = {split: {"file": str(f), "sha256": _sha256(f)} for split, f in files.items()}
+    return train, test, source
+
+
+def download_cifar10(root: Path) -> tuple[ImageSet, ImageSet, dict]:
+    """The original CIFAR-10 through torchvision (needs internet)."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        sets = [CIFAR10(str(root), train=t, download=True) for t in (True, False)]
+    except Exception as exc:  # torchvision raises several kinds on network failure
+        raise DataError(
+            f"could not download CIFAR-10 into {root} ({exc}); with no internet, set ANOMEM_CIFAR10_DIR "
+            "to a folder holding cifar10_train.npz and cifar10_test.npz"
+        ) from None
+    train, test = (ImageSet(np.asarray(s.data, np.uint8), np.asarray(s.targets, np.int64)) for s in sets)
+    return train, test, {"download": "torchvision.datasets.CIFAR10", "root": str(root)}
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_split(train_labels: np.ndarray, test_labels: np.ndarray, cls: int, setting: str, params: DataParams) -> dict[str, np.ndarray]:
+    """Indices of one (class, setting): normal train/val, known anomalies train/val, and the test split.
+
+    The normal part depends on the class and split_seed only, so both settings share it and differ
+    only by their known anomalies. Label 1 means anomaly.
+    """
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    rng = np.random.default_rng([params.split_seed, cls])
+    normal = rng.permutation(np.flatnonzero(train_labels == cls))
+    n_val = int(round(params.val_fraction * normal.size))
+    if normal.size - n_val < 2 or n_val < 1:
+        raise DataError(
+            f"class {cls} has {normal.size} training images: too few to hold out {params.val_fraction:.0%} "
+            "for validation and still train (need at least 3)"
+        )
+    split = {"val_normal": np.sort(normal[:n_val]), "train_normal": np.sort(normal[n_val:])}
+    known = np.empty(0, np.int64)
+    if setting == "unbalanced":
+        krng = np.random.default_rng([params.split_seed, cls, 1])
+        others = np.array([c for c in range(params.num_classes) if c != cls])
+        chosen = krng.choice(others, params.n_known_outlier_classes, replace=False)
+        pool = np.flatnonzero(np.isin(train_labels, chosen))
+        n_known = int(round(params.ratio_known_outlier * normal.size))
+        if n_known < 2 or n_known > pool.size:
+            raise DataError(
+                f"class {cls}, unbalanced: data.ratio_known_outlier={params.ratio_known_outlier} asks for {n_known} "
+                f"known anomalies; classes {sorted(chosen.tolist())} hold {pool.size} and at least 2 are needed"
+            )
+        known = krng.permutation(krng.choice(pool, n_known, replace=False))
+    n_known_val = int(round(params.val_fraction * known.size))
+    split["val_known"] = np.sort(known[:n_known_val])
+    split["train_known"] = np.sort(known[n_known_val:])
+    split["test"] = np.arange(test_labels.size)
+    split["test_labels"] = (test_labels != cls).astype(np.int64)
+    if split["test_labels"].sum() in (0, split["test_labels"].size):
+        raise DataError(f"class {cls}: the test split needs both normal and anomalous images")
+    return split
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW in [0, 1]."""
+    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class ContrastiveViews(nn.Module):
+    """SimCLR views of a whole batch, with per-sample random parameters (kornia)."""
+
+    def __init__(self, image_hw: tuple[int, int], crop_min_scale: float, color_jitter: list[float], jitter_p: float, grayscale_p: float):
+        super().__init__()
+        import kornia.augmentation as K
+
+        self.augment = nn.Sequential(
+            K.RandomResizedCrop(tuple(image_hw), scale=(crop_min_scale, 1.0)),
+            K.RandomHorizontalFlip(),
+            K.ColorJitter(*color_jitter, p=jitter_p),
+            K.RandomGrayscale(p=grayscale_p),
+        )
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x).clamp_(0.0, 1.0)

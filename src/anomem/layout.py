@@ -1,0 +1,39 @@
+"""Where each stage's outputs live, relative to the repository root. dvc.yaml declares the same paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PREPARED = Path("data/prepared")
+RAW = Path("data/raw")
+REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"
+
+
+def images_file(split: str) -> Path:
+    return PREPARED / f"{split}_images.npy"
+
+
+def labels_file(split: str) -> Path:
+    return PREPARED / f"{split}_labels.npy"
+
+
+def split_file(cls: int, setting: str) -> Path:
+    return PREPARED / "splits" / f"{cls}-{setting}.npz"
+
+
+def model_dir(pair: str) -> Path:
+    return Path("data/models") / pair
+
+
+def resume_dir(pair: str) -> Path:
+    """Outside every DVC out, so that `dvc repro` after a crash finds the checkpoint."""
+    return Path("data/resume") / pair
+
+
+def deviation_dir(pair: str) -> Path:
+    return Path("data/deviation") / pair
+
+
+def scores_dir(pair: str) -> Path:
+    return Path("data/scores") / pair

@@ -1,0 +1,162 @@
+"""Stage 1: memory-augmented contrastive learning (MACL). A training loop on tensors, with callbacks.
+
+It knows nothing of files: the caller passes `save_checkpoint` and `resume_from`, and gets per-epoch logs.
+Checkpoints are taken at epoch ends and hold everything a bit-identical continuation needs: weights,
+optimiser, schedule, all RNG states and the data-order generator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from anomem.data import ContrastiveViews, to_float
+from anomem.losses import macl_loss
+from anomem.model import AnoMemNet
+from anomem.params import Params
+from anomem.runtime import Runtime, rng_state, set_rng_state
+
+EpochCallback = Callable[[dict], None]
+CheckpointCallback = Callable[[dict], None]
+
+_HEALTH_BATCH = 256
+
+
+def build_optimizer(net: AnoMemNet, params: Params, steps_per_epoch: int):
+    t = params.train
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        # No weight decay on BN, biases and memory items: decay would pull the prototypes to zero.
+        (no_decay if p.ndim <= 1 or name.startswith("memories.") else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        momentum=t.momentum,
+    )
+    total = t.epochs * steps_per_epoch
+    warmup = min(t.warmup_epochs * steps_per_epoch, max(total - 1, 0))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+
+def train_macl(
+    net: AnoMemNet,
+    normal_images: torch.Tensor,
+    known_images: torch.Tensor | None,
+    params: Params,
+    runtime: Runtime,
+    seed: int,
+    on_epoch: EpochCallback | None = None,
+    save_checkpoint: CheckpointCallback | None = None,
+    resume_from: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train encoder, memories and projector in place. Images are uint8 NHWC tensors on the CPU.
+
+    Known anomalies (unbalanced setting) take only the plain path and serve as extra negatives.
+    Returns the per-epoch logs.
+    """
+    t, c = params.train, params.contrastive
+    device = runtime.device
+    batch = min(t.batch_size, normal_images.shape[0])
+    steps_per_epoch = normal_images.shape[0] // batch
+    views = ContrastiveViews(tuple(normal_images.shape[1:3]), c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p).to(device)
+    net.to(device, memory_format=runtime.memory_format())
+    optimizer, scheduler = build_optimizer(net, params, steps_per_epoch)
+    order = torch.Generator().manual_seed(seed)
+    health_x = to_float(normal_images[:_HEALTH_BATCH]).to(device, memory_format=runtime.memory_format())
+
+    history: list[dict] = []
+    start_epoch = 0
+    if resume_from is not None:
+        net.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        order.set_state(resume_from["order_rng"])
+        set_rng_state(resume_from["rng"])
+        history = list(resume_from["history"])
+        start_epoch = resume_from["epoch"] + 1
+    elif not all(bool(net.memory(s).initialized) for s in net.scales):
+        net.eval()
+        first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:batch]]
+        with runtime.autocast():
+            net.init_memories(to_float(first).to(device, memory_format=runtime.memory_format()), generator=order)
+
+    bar = tqdm(total=t.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc="MACL", unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(start_epoch, t.epochs):
+        net.train()
+        perm = torch.randperm(normal_images.shape[0], generator=order)
+        sums: dict[str, float] = {}
+        began = time.perf_counter()
+        for step in range(steps_per_epoch):
+            x = to_float(normal_images[perm[step * batch : (step + 1) * batch]]).to(device)
+            n = x.shape[0]
+            stacks = [views(x), views(x)]
+            if known_images is not None and known_images.shape[0]:
+                pick = torch.randint(0, known_images.shape[0], (min(t.known_batch_size, known_images.shape[0]),), generator=order)
+                xa = to_float(known_images[pick]).to(device)
+                stacks += [views(xa), views(xa)]
+            inputs = torch.cat(stacks).contiguous(memory_format=runtime.memory_format())
+            with runtime.autocast():
+                feats = net.features(inputs)
+                p_all = net.project(net.pooled(feats))
+                p_mem = net.memory_path({s: f[: 2 * n] for s, f in feats.items()})
+            variance = sum(net.memory(s).variance_penalty() for s in net.scales)
+            loss, parts = macl_loss(
+                p_all[:n], p_all[n : 2 * n], p_mem[:n], p_mem[n:], variance,
+                c.temperature, c.plain_weight, params.memory.var_weight,
+                known_negatives=p_all[2 * n :] if p_all.shape[0] > 2 * n else None,
+            )  # fmt: skip
+            if not math.isfinite(parts["loss"]):
+                raise FloatingPointError(f"MACL loss became {parts['loss']} at epoch {epoch}, step {step}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}")
+        seconds = time.perf_counter() - began
+        log = {k: v / steps_per_epoch for k, v in sums.items()}
+        log.update(epoch=epoch, lr=scheduler.get_last_lr()[0], epoch_seconds=seconds, images_per_second=steps_per_epoch * batch / seconds)
+        log.update(memory_health(net, health_x, runtime))
+        history.append(log)
+        if on_epoch is not None:
+            on_epoch(log)
+        last = epoch == t.epochs - 1
+        if save_checkpoint is not None and not last and (epoch + 1) % t.checkpoint_every_epochs == 0:
+            save_checkpoint(
+                {
+                    "epoch": epoch,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "order_rng": order.get_state(),
+                    "rng": rng_state(),
+                    "history": history,
+                }
+            )
+    bar.close()
+    return history
+
+
+@torch.no_grad()
+def memory_health(net: AnoMemNet, x: torch.Tensor, runtime: Runtime) -> dict[str, float]:
+    net.eval()
+    with runtime.autocast():
+        feats = net.features(x)
+    out: dict[str, float] = {}
+    for s in net.scales:
+        for k, v in net.memory(s).health(feats[s]).items():
+            out[f"memory_s{s}_{k}"] = v
+    return out

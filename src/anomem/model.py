@@ -1,0 +1,66 @@
+"""AnoMem's stage-1 network: encoder E, one memory per scale, projection head g.
+
+Plain path: p = g(avgpool(E(v))).
+Memory path: the same encoder, with F_s replaced by its memory read-out after every memory scale.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from anomem.encoder import CifarResNet
+from anomem.memory import HopfieldMemory
+from anomem.params import MemoryParams, ModelParams
+
+# Inputs are [0, 1] images; a fixed affine map keeps the model independent of the data set's statistics.
+_INPUT_MEAN, _INPUT_STD = 0.5, 0.25
+
+
+class AnoMemNet(nn.Module):
+    def __init__(self, model: ModelParams, memory: MemoryParams):
+        super().__init__()
+        self.encoder = CifarResNet(model.arch, model.width)
+        self.scales = sorted(memory.scales)
+        self.memories = nn.ModuleDict(
+            {str(s): HopfieldMemory(memory.size, self.encoder.channels[s], memory.beta) for s in self.scales}
+        )
+        d = self.encoder.out_dim
+        self.projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True), nn.Linear(d, model.proj_dim))
+
+    def memory(self, scale: int) -> HopfieldMemory:
+        return self.memories[str(scale)]
+
+    def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """F_s for every stage, on the plain path."""
+        return self.encoder((x - _INPUT_MEAN) / _INPUT_STD)
+
+    def pooled(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        return feats[self.encoder.num_stages].float().mean((2, 3))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.projector(pooled)
+
+    def memory_path(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        """p^mem, starting from the plain F_s of the first memory scale (the stages before it are shared)."""
+        first = self.scales[0]
+        h = self.memory(first)(feats[first])
+        if first < self.encoder.num_stages:
+            hook = lambda s, f: self.memory(s)(f) if s in self.scales else f  # noqa: E731
+            h = self.encoder.run_stages(h, first + 1, hook)[self.encoder.num_stages]
+        return self.project(h.float().mean((2, 3)))
+
+    @torch.no_grad()
+    def init_memories(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Seed every memory that is not yet seeded from features of the batch x."""
+        feats = self.features(x)
+        for s in self.scales:
+            if not bool(self.memory(s).initialized):
+                self.memory(s).init_from_features(feats[s], generator)
+
+    @torch.no_grad()
+    def deviation(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+        """D_s = F_s - read(F_s) for every memory scale, and the pooled feature (for the kNN reference)."""
+        feats = self.features(x)
+        maps = {s: feats[s] - self.memory(s)(feats[s]) for s in self.scales}
+        return maps, self.pooled(feats)

@@ -1,0 +1,260 @@
+"""Typed, validated params: one model per group of params.yaml. The only place params are read.
+
+Every check runs before any work: unknown keys (with the close match suggested), types,
+ranges, allowed values and combinations that make no sense.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from anomem.errors import ParamsError
+
+SETTINGS = ("one_class", "unbalanced")
+
+# Stages (feature-map scales) each architecture has: S1..S3 for the CIFAR ResNet-20 family, S1..S4 for ResNet-18/34.
+ARCH_STAGES = {"resnet20": 3, "resnet32": 3, "resnet44": 3, "resnet18": 4, "resnet34": 4}
+
+# Class names of the data sets the project knows; a folder of npz in the CIFAR layout may use either.
+DATASETS = {
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Group):
+    dataset: str = Field("cifar10", pattern=r"^[A-Za-z0-9_-]+$")
+    class_names: list[str] = Field(default_factory=list, description="required for a data set anomem does not know")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    ratio_known_outlier: float = Field(0.05, ge=0.0, le=1.0)
+    n_known_outlier_classes: int = Field(9, ge=1)
+    split_seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _known_or_named(self) -> "DataParams":
+        known = DATASETS.get(self.dataset)
+        if known is None and len(self.class_names) < 2:
+            raise ValueError(
+                f"data.dataset = {self.dataset!r} is not one anomem knows ({', '.join(DATASETS)}); "
+                "list its classes in data.class_names (at least 2), in label order"
+            )
+        if known is not None and self.class_names and tuple(self.class_names) != known:
+            raise ValueError(f"data.class_names must be empty or {list(known)} for {self.dataset}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"data.class_names has a repeated name: {self.class_names}")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The class names, by label index."""
+        return DATASETS.get(self.dataset) or tuple(self.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+class ModelParams(_Group):
+    arch: Literal["resnet20", "resnet32", "resnet44", "resnet18", "resnet34"] = "resnet20"
+    width: int = Field(16, ge=4, le=256)
+    proj_dim: int = Field(128, ge=8, le=4096)
+
+
+class MemoryParams(_Group):
+    scales: list[int] = Field(default_factory=lambda: [2, 3])
+    size: int = Field(256, ge=1, le=65536)
+    beta: float = Field(10.0, gt=0.0, le=1000.0)
+    var_weight: float = Field(1.0, ge=0.0)
+
+    @field_validator("scales")
+    @classmethod
+    def _scales(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("must list at least one scale (e.g. [2, 3])")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has a repeated scale: {v}")
+        return sorted(v)
+
+
+class ContrastiveParams(_Group):
+    temperature: float = Field(0.2, gt=0.0, le=10.0)
+    plain_weight: float = Field(1.0, ge=0.0)
+    crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
+    color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
+    jitter_p: float = Field(0.8, ge=0.0, le=1.0)
+    grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
+
+    @field_validator("color_jitter")
+    @classmethod
+    def _jitter(cls, v: list[float]) -> list[float]:
+        if len(v) != 4 or any(x < 0 for x in v) or v[3] > 0.5:
+            raise ValueError("must be [brightness, contrast, saturation, hue], all >= 0 and hue <= 0.5")
+        return v
+
+
+class TrainParams(_Group):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(256, ge=2)
+    known_batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.4, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    checkpoint_every_epochs: int = Field(1, ge=1)
+    eval_batch_size: int = Field(1000, ge=1)
+    num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+
+
+class DetectorParams(_Group):
+    channels: int = Field(16, ge=1)
+    hidden: int = Field(64, ge=1)
+    rep_dim: int = Field(32, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=2)
+    known_batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-6, ge=0.0)
+    eta: float = Field(1.0, ge=0.0)
+    eps: float = Field(1e-6, gt=0.0)
+    knn_k: int = Field(1, ge=1)
+
+
+class ExperimentParams(_Group):
+    classes: list[int] = Field(default_factory=lambda: list(range(10)))
+    settings: list[Literal["one_class", "unbalanced"]] = Field(default_factory=lambda: list(SETTINGS))
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("classes", "settings", "seeds")
+    @classmethod
+    def _non_empty_unique(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has a repeated entry: {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0")
+        return v
+
+
+class TrackingParams(_Group):
+    enabled: bool = True
+    experiment_name: str = Field("anomem", min_length=1)
+    continue_on_failure: bool = False
+    retries: int = Field(3, ge=0, le=20)
+
+
+class Params(_Group):
+    data: DataParams = DataParams()
+    model: ModelParams = ModelParams()
+    memory: MemoryParams = MemoryParams()
+    contrastive: ContrastiveParams = ContrastiveParams()
+    train: TrainParams = TrainParams()
+    detector: DetectorParams = DetectorParams()
+    experiment: ExperimentParams = ExperimentParams()
+    tracking: TrackingParams = TrackingParams()
+
+    @model_validator(mode="after")
+    def _combinations(self) -> "Params":
+        n_stages = ARCH_STAGES[self.model.arch]
+        bad = [s for s in self.memory.scales if not 1 <= s <= n_stages]
+        if bad:
+            raise ValueError(
+                f"memory.scales = {self.memory.scales}: {self.model.arch} has stages 1..{n_stages}, not {bad}"
+            )
+        n = self.data.num_classes
+        bad = [c for c in self.experiment.classes if not 0 <= c < n]
+        if bad:
+            names = ", ".join(f"{i}={name}" for i, name in enumerate(self.data.names))
+            raise ValueError(f"experiment.classes = {bad}: {self.data.dataset} has class indices 0..{n - 1} ({names})")
+        if self.data.n_known_outlier_classes > n - 1:
+            raise ValueError(
+                f"data.n_known_outlier_classes = {self.data.n_known_outlier_classes}: "
+                f"{self.data.dataset} has only {n - 1} classes besides the normal one"
+            )
+        if "unbalanced" in self.experiment.settings and self.data.ratio_known_outlier == 0:
+            raise ValueError("data.ratio_known_outlier = 0 leaves the unbalanced setting without known anomalies")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            break
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def _format_error(err: dict, raw: dict, source: str) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(Params, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + (close[0],))}'?" if close else ""
+        return f"{source}: unknown key '{key}'{hint} Allowed here: {', '.join(allowed)}."
+    value = raw
+    for part in loc:
+        value = value.get(part) if isinstance(value, dict) else (value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None)
+    msg = err["msg"].removeprefix("Value error, ")
+    if not key:  # a combination of groups
+        return f"{source}: {msg}"
+    return f"{source}: {key} = {value!r}: {msg}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ParamsError naming every bad key, its value and what is allowed."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of groups (data, model, ...), got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_format_error(e, raw, source) for e in exc.errors()]
+        raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file (run from the repo root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw, source=str(path))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def pair_id(cls: int, setting: str, seed: int) -> str:
+    """The name of one (class, setting, seed) run; matches DVC's matrix stage suffix."""
+    return f"{cls}-{setting}-{seed}"

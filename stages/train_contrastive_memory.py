@@ -1,0 +1,73 @@
+"""Stage train_contrastive_memory: MACL on one (class, setting, seed); resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from anomem import io, layout
+from anomem.stagekit import stage_arguments
+from anomem.errors import run_cli
+from anomem.macl import train_macl
+from anomem.model import AnoMemNet
+from anomem.params import load_params, pair_id
+from anomem.runtime import environment, git_commit, make_runtime, seed_everything
+from anomem.tracking import stage_run
+
+
+def fingerprint(params, seed: int, split: dict) -> str:
+    """What a checkpoint must match to be resumed: the stage's params, the seed and the split."""
+    relevant = {k: params.to_dict()[k] for k in ("model", "memory", "contrastive", "train")}
+    h = hashlib.sha256(json.dumps({"params": relevant, "seed": seed}, sort_keys=True).encode())
+    h.update(np.ascontiguousarray(split["train_normal"]).tobytes())
+    h.update(np.ascontiguousarray(split["train_known"]).tobytes())
+    return h.hexdigest()
+
+
+def main() -> None:
+    args = stage_arguments(__doc__)
+    params = load_params(args.params)
+    pair = pair_id(args.cls, args.setting, args.seed)
+    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    seed_everything(args.seed)
+
+    with np.load(layout.split_file(args.cls, args.setting)) as f:
+        split = {k: f[k] for k in f.files}
+    train_images = np.load(layout.images_file("train"), mmap_mode="r")
+    normal = torch.from_numpy(np.ascontiguousarray(train_images[split["train_normal"]]))
+    known = torch.from_numpy(np.ascontiguousarray(train_images[split["train_known"]])) if split["train_known"].size else None
+
+    checkpoint = layout.resume_dir(pair) / "last.pt"
+    fp = fingerprint(params, args.seed, split)
+    resume = None
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fp:
+            resume = state
+            print(f"resuming {pair} from {checkpoint} (epoch {state['epoch'] + 1} of {params.train.epochs} done)")
+        else:
+            print(f"ignoring {checkpoint}: it was made with other params, seed or data")
+
+    net = AnoMemNet(params.model, params.memory)
+    out = layout.model_dir(pair)
+    with stage_run(params, "train_contrastive_memory", pair, args.seed) as run:
+        run.set_tags({"resumed_from_epoch": resume["epoch"] + 1 if resume else 0, "device": str(runtime.device)})
+        history = train_macl(
+            net, normal, known, params, runtime, args.seed,
+            on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
+            save_checkpoint=lambda state: io.save_torch(checkpoint, {**state, "fingerprint": fp}),
+            resume_from=resume,
+        )  # fmt: skip
+        io.save_torch(out / "model.pt", {"model": net.cpu().state_dict(), "model_params": params.model.model_dump(), "memory_params": params.memory.model_dump()})
+        meta = {"pair": pair, "seed": args.seed, "git_commit": git_commit(), "environment": environment(), "device": str(runtime.device)}
+        io.write_json(out / "history.json", {"history": history, "meta": meta})
+        run.log_metrics({"final_loss": history[-1]["loss"], "mean_images_per_second": float(np.mean([h["images_per_second"] for h in history]))})
+    checkpoint.unlink(missing_ok=True)
+    print(f"{pair}: final loss {history[-1]['loss']:.4f}, {np.mean([h['images_per_second'] for h in history]):.0f} img/s")
+
+
+if __name__ == "__main__":
+    run_cli(main)

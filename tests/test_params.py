@@ -1,0 +1,387 @@
+"""Params: defaults, the shipped profiles, and clear errors for every kind of bad input."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from anomem.errors import ParamsError
+from anomem.params import ARCH_STAGES, DATASETS, DataParams, Params, flatten, load_params, pair_id, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+PARAM_FILES = sorted((REPO / "profiles").glob("*.yaml")) + [REPO / "params.yaml"]
+
+
+def _error(raw, source: str = "params.yaml") -> str:
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw, source=source)
+    return str(info.value)
+
+
+# ---- what validates -------------------------------------------------------------------------------
+
+
+def test_defaults_validate_and_round_trip():
+    p = Params()
+    assert p.data.num_classes == 10
+    assert p.data.names == DATASETS["cifar10"]
+    assert p.experiment.classes == list(range(10))
+    assert p.memory.scales == [2, 3]
+    # the dumped defaults parse back to the same params
+    assert parse_params(p.to_dict()) == p
+    assert parse_params(None) == p
+    assert parse_params({}) == p
+
+
+def test_shipped_profiles_exist():
+    names = {f.stem for f in PARAM_FILES}
+    assert {"cpu", "smoke", "paper", "params"} <= names
+
+
+@pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: p.name if p.name == "params.yaml" else f"profiles/{p.name}")
+def test_every_params_file_loads(path):
+    p = load_params(path)
+    assert isinstance(p, Params)
+    raw = yaml.safe_load(path.read_text())
+    # every value written in the file is the one validated (no silent drop or rename)
+    for group, values in raw.items():
+        for key, value in values.items():
+            got = getattr(getattr(p, group), key)
+            if key == "scales":
+                assert got == sorted(value)
+            else:
+                assert got == value, f"{path.name}: {group}.{key}"
+
+
+def test_paper_profile_uses_four_stages():
+    p = load_params(REPO / "profiles" / "paper.yaml")
+    assert p.model.arch == "resnet18"
+    assert max(p.memory.scales) <= ARCH_STAGES["resnet18"]
+
+
+def test_scales_are_sorted():
+    assert parse_params({"memory": {"scales": [3, 1, 2]}}).memory.scales == [1, 2, 3]
+
+
+def test_params_are_frozen():
+    p = Params()
+    with pytest.raises(Exception):
+        p.memory.size = 3  # type: ignore[misc]
+
+
+# ---- unknown keys ---------------------------------------------------------------------------------
+
+
+def test_unknown_key_suggests_close_match():
+    msg = _error({"memory": {"sise": 3}})
+    assert "memory.sise" in msg
+    assert "did you mean 'memory.size'" in msg
+    # lists what is allowed in that group
+    for key in ("scales", "size", "beta", "var_weight"):
+        assert key in msg
+
+
+def test_misspelt_group_suggests_group():
+    msg = _error({"memroy": {"size": 3}})
+    assert "'memroy'" in msg
+    assert "did you mean 'memory'" in msg
+    for group in ("data", "model", "memory", "train", "tracking"):
+        assert group in msg
+
+
+def test_unknown_key_without_close_match_still_lists_allowed():
+    msg = _error({"train": {"zzzzqqq": 1}})
+    assert "train.zzzzqqq" in msg
+    assert "did you mean" not in msg
+    assert "epochs" in msg and "batch_size" in msg
+
+
+def test_every_bad_key_is_reported_at_once():
+    msg = _error({"memory": {"size": 0}, "train": {"epochs": 0}})
+    assert "memory.size = 0" in msg
+    assert "train.epochs = 0" in msg
+
+
+def test_source_is_named():
+    msg = _error({"memory": {"size": 0}}, source="some/where.yaml")
+    assert "some/where.yaml" in msg
+
+
+# ---- ranges, types and allowed values -------------------------------------------------------------
+
+
+def test_memory_size_zero():
+    msg = _error({"memory": {"size": 0}})
+    assert "memory.size = 0" in msg
+    assert "greater than or equal to 1" in msg
+
+
+def test_class_out_of_range_names_classes():
+    msg = _error({"experiment": {"classes": [10]}})
+    assert "experiment.classes" in msg
+    assert "[10]" in msg
+    assert "0..9" in msg
+    for i, name in enumerate(DATASETS["cifar10"]):
+        assert f"{i}={name}" in msg
+
+
+def test_negative_class():
+    msg = _error({"experiment": {"classes": [0, -1]}})
+    assert "[-1]" in msg and "0..9" in msg
+
+
+def test_unknown_setting():
+    msg = _error({"experiment": {"settings": ["one_class", "three_class"]}})
+    assert "experiment.settings.1" in msg
+    assert "'three_class'" in msg
+    assert "one_class" in msg and "unbalanced" in msg
+
+
+def test_empty_scales():
+    msg = _error({"memory": {"scales": []}})
+    assert "memory.scales = []" in msg
+    assert "at least one scale" in msg
+
+
+def test_repeated_scale():
+    msg = _error({"memory": {"scales": [2, 2]}})
+    assert "memory.scales" in msg and "repeated" in msg
+
+
+def test_scale_beyond_arch_stages():
+    msg = _error({"memory": {"scales": [4]}})  # default arch resnet20
+    assert "memory.scales = [4]" in msg
+    assert "resnet20" in msg
+    assert "1..3" in msg
+
+
+def test_scale_4_allowed_with_resnet18():
+    p = parse_params({"model": {"arch": "resnet18"}, "memory": {"scales": [4]}})
+    assert p.memory.scales == [4]
+    msg = _error({"model": {"arch": "resnet18"}, "memory": {"scales": [5]}})
+    assert "1..4" in msg
+
+
+def test_scale_zero_rejected():
+    msg = _error({"memory": {"scales": [0, 2]}})
+    assert "memory.scales" in msg and "[0]" in msg
+
+
+def test_unknown_arch_lists_allowed():
+    msg = _error({"model": {"arch": "resnet50"}})
+    assert "model.arch = 'resnet50'" in msg
+    for arch in ARCH_STAGES:
+        assert arch in msg
+
+
+@pytest.mark.parametrize("ratio", [1.5, -0.1])
+def test_ratio_known_outlier_out_of_range(ratio):
+    msg = _error({"data": {"ratio_known_outlier": ratio}})
+    assert f"data.ratio_known_outlier = {ratio}" in msg
+    assert ("less than or equal to 1" in msg) if ratio > 1 else ("greater than or equal to 0" in msg)
+
+
+def test_ratio_zero_with_unbalanced_rejected_but_fine_for_one_class():
+    msg = _error({"data": {"ratio_known_outlier": 0.0}})
+    assert "ratio_known_outlier = 0" in msg and "unbalanced" in msg
+    p = parse_params({"data": {"ratio_known_outlier": 0.0}, "experiment": {"settings": ["one_class"]}})
+    assert p.data.ratio_known_outlier == 0.0
+
+
+def test_too_many_known_outlier_classes():
+    msg = _error({"data": {"n_known_outlier_classes": 10}})
+    assert "n_known_outlier_classes = 10" in msg and "9" in msg
+
+
+def test_empty_seeds():
+    msg = _error({"experiment": {"seeds": []}})
+    assert "experiment.seeds = []" in msg
+    assert "must not be empty" in msg
+
+
+def test_negative_seed():
+    msg = _error({"experiment": {"seeds": [-1]}})
+    assert "experiment.seeds" in msg and ">= 0" in msg
+
+
+def test_repeated_classes():
+    msg = _error({"experiment": {"classes": [1, 2, 1]}})
+    assert "experiment.classes = [1, 2, 1]" in msg
+    assert "repeated" in msg
+
+
+def test_repeated_settings():
+    msg = _error({"experiment": {"settings": ["one_class", "one_class"]}})
+    assert "experiment.settings" in msg and "repeated" in msg
+
+
+def test_wrong_type():
+    msg = _error({"train": {"epochs": "ten"}})
+    assert "train.epochs = 'ten'" in msg
+    assert "integer" in msg
+
+
+def test_group_not_a_mapping():
+    msg = _error({"memory": 5})
+    assert "memory = 5" in msg
+
+
+@pytest.mark.parametrize("raw", [[1, 2], "text", 3])
+def test_top_level_not_a_mapping(raw):
+    msg = _error(raw)
+    assert "expected a mapping" in msg
+    assert type(raw).__name__ in msg
+
+
+def test_bad_color_jitter():
+    msg = _error({"contrastive": {"color_jitter": [0.4, 0.4, 0.4, 0.9]}})
+    assert "contrastive.color_jitter" in msg and "hue <= 0.5" in msg
+
+
+def test_bad_device_lists_allowed():
+    msg = _error({"train": {"device": "tpu"}})
+    assert "train.device = 'tpu'" in msg
+    assert "'auto'" in msg and "'cpu'" in msg and "'cuda'" in msg
+
+
+# ---- data sets ------------------------------------------------------------------------------------
+
+
+def test_unknown_dataset_without_class_names():
+    msg = _error({"data": {"dataset": "svhn"}})
+    assert "'svhn'" in msg
+    assert "data.class_names" in msg
+    assert "cifar10" in msg
+
+
+def test_unknown_dataset_with_one_class_name_fails():
+    msg = _error({"data": {"dataset": "mine", "class_names": ["a"]}})
+    assert "'mine'" in msg and "at least 2" in msg
+
+
+def test_unknown_dataset_with_class_names():
+    d = DataParams(dataset="mine", class_names=["a", "b", "c"], n_known_outlier_classes=2)
+    assert d.num_classes == 3
+    assert d.names == ("a", "b", "c")
+    p = parse_params(
+        {
+            "data": {"dataset": "mine", "class_names": ["a", "b", "c"], "n_known_outlier_classes": 2},
+            "experiment": {"classes": [0, 1, 2]},
+        }
+    )
+    assert p.data.num_classes == 3
+    assert p.data.names == ("a", "b", "c")
+
+
+def test_unknown_dataset_classes_checked_against_its_names():
+    # with 3 class names, the default experiment.classes (0..9) no longer fit, and the message says why
+    msg = _error({"data": {"dataset": "mine", "class_names": ["a", "b", "c"], "n_known_outlier_classes": 2}})
+    assert "experiment.classes" in msg and "0..2" in msg and "0=a, 1=b, 2=c" in msg
+
+
+def test_repeated_class_name():
+    msg = _error({"data": {"dataset": "mine", "class_names": ["a", "b", "a"]}})
+    assert "repeated" in msg
+
+
+def test_known_dataset_with_wrong_class_names():
+    msg = _error({"data": {"class_names": ["x", "y"]}})
+    assert "data.class_names" in msg and "airplane" in msg
+    # the exact names are accepted
+    assert parse_params({"data": {"class_names": list(DATASETS["cifar10"])}}).data.num_classes == 10
+
+
+def test_dataset_name_pattern():
+    msg = _error({"data": {"dataset": "../etc"}})
+    assert "data.dataset = '../etc'" in msg
+
+
+# ---- files ----------------------------------------------------------------------------------------
+
+
+def test_load_params_invalid_yaml(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("memory:\n  size: [1, 2\n  beta: 3\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(f)
+    assert str(f) in str(info.value)
+    assert "not valid YAML" in str(info.value)
+
+
+def test_load_params_non_mapping_file(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("- data\n- model\n")
+    with pytest.raises(ParamsError) as info:
+        load_params(f)
+    assert str(f) in str(info.value)
+    assert "expected a mapping" in str(info.value) and "list" in str(info.value)
+
+
+def test_load_params_missing_file(tmp_path):
+    f = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError) as info:
+        load_params(f)
+    assert str(f) in str(info.value)
+    assert "no such params file" in str(info.value)
+
+
+def test_load_params_directory_is_not_a_file(tmp_path):
+    with pytest.raises(ParamsError):
+        load_params(tmp_path)
+
+
+def test_load_params_empty_file_gives_defaults(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("")
+    assert load_params(f) == Params()
+
+
+def test_load_params_bad_value_names_file_and_key(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text(yaml.safe_dump({"memory": {"sise": 3}}))
+    with pytest.raises(ParamsError) as info:
+        load_params(f)
+    msg = str(info.value)
+    assert str(f) in msg and "memory.sise" in msg and "memory.size" in msg
+
+
+def test_load_params_accepts_edited_copy_of_params_yaml(tmp_path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = copy.deepcopy(raw)
+    raw["memory"]["size"] = 7
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(raw))
+    assert load_params(f).memory.size == 7
+
+
+# ---- flatten and pair_id --------------------------------------------------------------------------
+
+
+def test_flatten_nested():
+    d = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}
+    assert flatten(d) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+
+
+def test_flatten_prefix_and_flat_input():
+    assert flatten({"x": 1}, prefix="p.") == {"p.x": 1}
+    assert flatten({}) == {}
+    assert flatten({"a": 1, "b": 2}) == {"a": 1, "b": 2}
+
+
+def test_flatten_params_has_every_field():
+    flat = flatten(Params().to_dict())
+    n_fields = sum(len(type(getattr(Params(), g)).model_fields) for g in Params.model_fields)
+    assert len(flat) == n_fields
+    assert flat["memory.scales"] == [2, 3]
+    assert flat["tracking.experiment_name"] == "anomem"
+    assert all(not isinstance(v, dict) for v in flat.values())
+
+
+def test_pair_id():
+    assert pair_id(3, "unbalanced", 0) == "3-unbalanced-0"
+    assert pair_id(0, "one_class", 12) == "0-one_class-12"
+    ids = {pair_id(c, s, seed) for c in range(10) for s in ("one_class", "unbalanced") for seed in (0, 1)}
+    assert len(ids) == 40  # distinct for every (class, setting, seed)
