@@ -69,7 +69,9 @@ def main() -> None:
                 plots.close(fig)
         run.log_metrics({"mean": metrics["mean"]})
         run.log_artifact(layout.REPORTS / "summary.md")
-    parent_tracker(params).log_metrics({"mean": metrics["mean"]})
+    experiment_run = parent_tracker(params)
+    experiment_run.log_metrics({"mean": metrics["mean"]})
+    experiment_run.finish()
     for setting, by_class in per_pair.items():
         for cls, by_seed in by_class.items():
             for seed, values in by_seed.items():

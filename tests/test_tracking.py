@@ -83,6 +83,7 @@ def store(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("mlstore")
     uri = f"sqlite:///{root}/mlflow.db"
     MlflowClient(uri).search_experiments()  # creates the tables
+    tracking.environment()  # imports sklearn and torchvision once, here rather than in the first test
     return root, uri
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 from anomem.errors import ParamsError, run_cli
 from anomem.params import load_params
 
-PROFILES = Path("profiles")
+# The repo's profiles/ (an editable install), else ./profiles.
+_REPO_PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES = _REPO_PROFILES if _REPO_PROFILES.is_dir() else Path("profiles")
 
 
 def _check_params(args: argparse.Namespace) -> int:

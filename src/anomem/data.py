@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def read_npz(file: Path, num_classes: int) -> ImageSet:
             images, labels = archive["images"], archive["labels"]
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
         raise DataError(f"{file}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return _check_arrays(images, labels, file, num_classes)
 

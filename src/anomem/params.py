@@ -27,7 +27,8 @@ DATASETS = {
 
 
 class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML `yes`, "10" or 2.0 must not pass silently as a bool, an int or a class index.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataParams(_Group):

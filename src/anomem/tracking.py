@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import numbers
 import os
+import re
 import sys
 import time
 import warnings
@@ -51,9 +53,8 @@ def experiment_key(params: Params) -> str:
     """Groups the stage runs of one experiment: the DVC experiment name, else the commit and a params hash."""
     name = os.environ.get("DVC_EXP_NAME")
     digest = hashlib.sha1(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    if name:
-        return name
-    return f"{git_commit(project_root())[:12]}-p{digest}"
+    key = name or f"{git_commit(project_root())[:12]}-p{digest}"
+    return re.sub(r"[^A-Za-z0-9_.:+-]", "_", key)  # it goes into MLflow filter strings
 
 
 class Tracker:
@@ -86,7 +87,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if isinstance(v, (int, float))]
+        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
         for i in range(0, len(items), 500):
             self._call("log metrics", lambda chunk=items[i : i + 500]: self.client.log_batch(self.run_id, metrics=chunk))
 
@@ -97,6 +98,9 @@ class Tracker:
 
     def log_figure(self, fig, artifact_file: str) -> None:
         self._call("log figure", lambda: self.client.log_figure(self.run_id, fig, artifact_file))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        self._call("end the run", lambda: self.client.set_terminated(self.run_id, status))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self._call("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
@@ -165,7 +169,7 @@ def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | N
         if pair is not None:
             tags["anomem.pair"] = pair
         run_id = client.create_run(exp_id, run_name=f"{stage}" + (f" {pair}" if pair else ""), tags=tags).info.run_id
-        return client, run_id, parent
+        return client, run_id, (parent if pair is not None else None)
 
     opened = _retry("open a run", open_runs, t.retries, t.continue_on_failure)
     if opened is None:
@@ -181,7 +185,9 @@ def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | N
         yield tracker
         status = "FINISHED"
     finally:
-        tracker._call("end the run", lambda: client.set_terminated(run_id, status))
+        tracker.finish(status)
+        if parent is not None:  # the pair run: done as far as this stage goes
+            Tracker(client, parent, t.retries, t.continue_on_failure).finish(status)
 
 
 def parent_tracker(params: Params, pair: str | None = None) -> Tracker:

@@ -1,0 +1,140 @@
+"""Stage 1 training loop on real CIFAR-10 images: logs, a falling loss, known anomalies, checkpoints, resume.
+
+A tiny ResNet-20 (width 8: width 4 crashes torch's channels_last fp32 CPU backward, see test_model.py).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import anomem.macl as macl
+from anomem.model import AnoMemNet
+from anomem.params import parse_params
+from anomem.runtime import make_runtime, seed_everything
+
+RUNTIME = make_runtime("cpu", 0, "fp32")
+LOSS_KEYS = ("loss", "loss_memory", "loss_plain", "loss_variance")
+
+
+def _params(**train):
+    t = {"device": "cpu", "precision": "fp32", "epochs": 2, "batch_size": 50, "lr": 0.2, "warmup_epochs": 1, "known_batch_size": 10}
+    t.update(train)
+    return parse_params({"model": {"arch": "resnet20", "width": 8, "proj_dim": 16}, "memory": {"scales": [2, 3], "size": 16}, "train": t})
+
+
+def _class(cifar_train_slice, cls, n=100) -> torch.Tensor:
+    images, labels = cifar_train_slice
+    return torch.as_tensor(images[labels == cls][:n])
+
+
+def _train(params, normal, seed=0, known=None, **kw):
+    seed_everything(seed)
+    net = AnoMemNet(params.model, params.memory)
+    history = macl.train_macl(net, normal, known, params, RUNTIME, seed, progress=False, **kw)
+    return net, history
+
+
+def test_history_logs_and_loss_falls(cifar_train_slice):
+    p = _params(epochs=5)
+    normal = _class(cifar_train_slice, 0)
+    seen = []
+    net, history = _train(p, normal, on_epoch=seen.append)
+
+    assert len(history) == 5 and seen == history
+    assert [h["epoch"] for h in history] == list(range(5))
+    for h in history:
+        for k in LOSS_KEYS:
+            assert math.isfinite(h[k]), k
+        assert h["images_per_second"] > 0 and h["epoch_seconds"] > 0
+        assert h["loss"] == pytest.approx(h["loss_memory"] + h["loss_plain"] + h["loss_variance"], rel=1e-5)
+        for s in (2, 3):
+            assert 0 <= h[f"memory_s{s}_attention_entropy"] <= h[f"memory_s{s}_attention_entropy_max"] + 1e-6
+            assert h[f"memory_s{s}_attention_entropy_max"] == pytest.approx(math.log(16))
+            assert 1 <= h[f"memory_s{s}_items_used"] <= 16
+            assert h[f"memory_s{s}_item_std"] >= 0
+    assert history[0]["lr"] == pytest.approx(0.2)  # warm-up done after the first epoch
+    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine ends at zero
+    assert history[-1]["loss"] < history[0]["loss"] - 0.3, [round(h["loss"], 3) for h in history]
+    assert all(bool(net.memory(s).initialized) for s in net.scales)
+
+
+def test_known_anomalies_are_extra_negatives(cifar_train_slice, monkeypatch):
+    p = _params(epochs=1, batch_size=25)
+    normal = _class(cifar_train_slice, 0, 50)
+    known = torch.cat([_class(cifar_train_slice, c, 5) for c in (1, 2, 3)])  # 15 images, 10 drawn per step
+    calls = []
+    real = macl.macl_loss
+
+    def spy(p1, p2, m1, m2, *args, known_negatives=None):
+        calls.append((p1.shape, m1.shape, None if known_negatives is None else known_negatives.shape))
+        return real(p1, p2, m1, m2, *args, known_negatives=known_negatives)
+
+    monkeypatch.setattr(macl, "macl_loss", spy)
+    _, history = _train(p, normal, known=known)
+    assert len(history) == 1 and math.isfinite(history[0]["loss"])
+    # two views of 10 known anomalies per step, as negatives only; anchors and memory path stay the 25 normals
+    assert calls == [((25, 16), (25, 16), (20, 16))] * 2
+
+    calls.clear()
+    _train(p, normal, known=known[:0])  # an empty known set is the one-class path
+    assert calls == [((25, 16), (25, 16), None)] * 2
+
+
+def test_known_anomalies_change_training(cifar_train_slice):
+    p = _params(epochs=1, batch_size=25)
+    normal = _class(cifar_train_slice, 0, 50)
+    known = _class(cifar_train_slice, 1, 20)
+    _, plain = _train(p, normal)
+    _, with_known = _train(p, normal, known=known)
+    assert with_known[0]["loss_plain"] > plain[0]["loss_plain"], "negatives near the anchors must cost something"
+
+
+@pytest.mark.parametrize("epochs,every,expected", [(5, 2, [1, 3]), (4, 2, [1]), (3, 1, [0, 1]), (2, 3, [])])
+def test_checkpoint_every_n_epochs_but_not_after_the_last(cifar_train_slice, epochs, every, expected):
+    p = _params(epochs=epochs, checkpoint_every_epochs=every, batch_size=8)
+    saved = []
+    _train(p, _class(cifar_train_slice, 0, 16), save_checkpoint=lambda st: saved.append((st["epoch"], len(st["history"]))))
+    assert [e for e, _ in saved] == expected
+    assert all(n == e + 1 for e, n in saved), "a checkpoint holds the history up to its epoch"
+
+
+def _snapshot(state: dict) -> dict:
+    """What the stage does: write the checkpoint out at once (torch.save) and read it back."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def test_resume_reproduces_an_uninterrupted_run(cifar_train_slice):
+    p = _params(epochs=4, checkpoint_every_epochs=2, batch_size=16)
+    normal = _class(cifar_train_slice, 0, 32)
+    seed = 3
+
+    straight, hist_straight = _train(p, normal, seed)
+
+    captured = []
+    interrupted, hist_interrupted = _train(p, normal, seed, save_checkpoint=lambda st: captured.append(_snapshot(st)))
+    assert [c["epoch"] for c in captured] == [1]
+    checkpoint = captured[0]
+    assert set(checkpoint) == {"epoch", "model", "optimizer", "scheduler", "order_rng", "rng", "history"}
+
+    seed_everything(seed + 100)  # a fresh process: other weights, other RNG states
+    fresh = AnoMemNet(p.model, p.memory)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), straight.state_dict().values()))
+    hist_resumed = macl.train_macl(fresh, normal, None, p, RUNTIME, seed, resume_from=checkpoint, progress=False)
+
+    assert len(hist_resumed) == 4
+    for h_a, h_b, h_c in zip(hist_straight, hist_interrupted, hist_resumed):
+        for k in LOSS_KEYS + ("lr", "memory_s2_items_used", "memory_s3_attention_entropy"):
+            assert h_a[k] == h_b[k] == h_c[k], (h_a["epoch"], k)
+    ref = straight.state_dict()
+    for name, other in (("interrupted", interrupted.state_dict()), ("resumed", fresh.state_dict())):
+        assert ref.keys() == other.keys()
+        for k in ref:
+            assert torch.equal(ref[k], other[k]), (name, k)
