@@ -65,7 +65,8 @@ class DataParams(_Group):
 
 class ModelParams(_Group):
     arch: Literal["resnet20", "resnet32", "resnet44", "resnet18", "resnet34"] = "resnet20"
-    width: int = Field(16, ge=4, le=256)
+    # At width 4, torch 2.14.1 channels_last convolutions crash natively on an AVX2 CPU (segfault seen here).
+    width: int = Field(16, ge=8, le=256)
     proj_dim: int = Field(128, ge=8, le=4096)
 
 
