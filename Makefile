@@ -11,7 +11,7 @@ export ANOMEM_CIFAR10_DIR
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast benchmarks mlflow-ui clean-resume
+.PHONY: setup repro test test-fast mlflow-ui clean-resume
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -13,8 +13,12 @@ from anomem.report import SCORES, summary_markdown
 from anomem.tracking import parent_tracker, stage_run
 
 
+DEFAULT_PROFILE = "profiles/cpu.yaml"
+
+
 def changed_params(params: Params) -> dict[str, tuple]:
-    defaults, here = flatten(Params().to_dict()), flatten(params.to_dict())
+    """Params that differ from the default profile's."""
+    defaults, here = flatten(load_params(DEFAULT_PROFILE).to_dict()), flatten(params.to_dict())
     return {k: (defaults.get(k), v) for k, v in here.items() if defaults.get(k) != v}
 
 

@@ -112,7 +112,6 @@ def test_bad_y_raises(deviation_maps, make_y):
         AnomalyDistanceDetector(_params(epochs=1), progress=False).fit(X, make_y(16))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG detector.py fit: np.asarray(y, np.int64) truncates 0.5 to 0 before the 0/1 check")
 def test_fractional_y_raises(deviation_maps):
     X, _ = deviation_maps(16, 0)
     with pytest.raises(ValueError):

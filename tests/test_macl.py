@@ -1,6 +1,6 @@
 """Stage 1 training loop on real CIFAR-10 images: logs, a falling loss, known anomalies, checkpoints, resume.
 
-A tiny ResNet-20 (width 8: width 4 crashes torch's channels_last fp32 CPU backward, see test_model.py).
+A tiny ResNet-20, width 8 (width 4 crashes torch's channels_last fp32 CPU backward; see test_model.py).
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -83,15 +82,6 @@ def test_known_anomalies_are_extra_negatives(cifar_train_slice, monkeypatch):
     calls.clear()
     _train(p, normal, known=known[:0])  # an empty known set is the one-class path
     assert calls == [((25, 16), (25, 16), None)] * 2
-
-
-def test_known_anomalies_change_training(cifar_train_slice):
-    p = _params(epochs=1, batch_size=25)
-    normal = _class(cifar_train_slice, 0, 50)
-    known = _class(cifar_train_slice, 1, 20)
-    _, plain = _train(p, normal)
-    _, with_known = _train(p, normal, known=known)
-    assert with_known[0]["loss_plain"] > plain[0]["loss_plain"], "negatives near the anchors must cost something"
 
 
 @pytest.mark.parametrize("epochs,every,expected", [(5, 2, [1, 3]), (4, 2, [1]), (3, 1, [0, 1]), (2, 3, [])])

@@ -34,13 +34,14 @@ def test_random_scores_are_chance():
 
 
 def test_fpr95_by_hand():
-    # 20 normals score 0..19; 18 anomalies score above all of them, 2 score 9.5 and 4.5.
-    # 95 % TPR = 19 of 20 anomalies: the threshold drops to 9.5, above which 10 of 20 normals lie.
+    # 20 normals score 0..19; 17 anomalies score above all of them, 3 score 14.5, 9.5 and 4.5.
+    # 95 % TPR = 19 of 20 anomalies: the threshold drops to 9.5, above which 10 of 20 normals lie
+    # (at 90 % TPR, threshold 14.5, it would be 5 of 20).
     labels = np.r_[np.zeros(20), np.ones(20)].astype(int)
-    scores = np.r_[np.arange(20.0), 100 + np.arange(18.0), 9.5, 4.5]
+    scores = np.r_[np.arange(20.0), 100 + np.arange(17.0), 14.5, 9.5, 4.5]
     m = score_metrics(labels, scores)
     assert m["fpr95"] == pytest.approx(0.5)
-    assert m["auroc"] == pytest.approx((18 * 20 + 10 + 5) / 400)
+    assert m["auroc"] == pytest.approx((17 * 20 + 15 + 10 + 5) / 400)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

@@ -176,7 +176,7 @@ def test_mlflow_down(finished_repo, go_on):
     params = yaml.safe_load((root / "eval.yaml").read_text())
     params["tracking"].update(enabled=True, retries=1, continue_on_failure=go_on)
     (root / "down.yaml").write_text(yaml.safe_dump(params))
-    (root / "reports/metrics.json").unlink()
+    (root / "reports/metrics.json").unlink(missing_ok=True)
     env = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
     result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py"), "--params", "down.yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert "Traceback" not in result.stderr

@@ -77,9 +77,10 @@ class AnomalyDistanceDetector:
     ) -> "AnomalyDistanceDetector":
         p = self.params
         n = _length(X)
-        y = np.zeros(n, np.int64) if y is None else np.asarray(y, np.int64)
-        if y.shape != (n,) or not np.isin(y, (0, 1)).all():
+        y = np.zeros(n, np.int64) if y is None else np.asarray(y)
+        if y.shape != (n,) or not np.isin(y, (0, 1)).all():  # checked before the cast, so 0.5 is not read as 0
             raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly) for each of the {n} samples")
+        y = y.astype(np.int64)
         normal, known = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
         if normal.size == 0:
             raise ValueError("fit needs at least one normal sample (y == 0)")
