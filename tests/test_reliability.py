@@ -48,6 +48,7 @@ def tiny_data(tmp_path_factory, cifar_train_slice) -> Path:
 
 def make_repo(root: Path, data: Path, overrides: dict | None = None) -> tuple[Path, dict]:
     root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(REPO / "profiles", root / "profiles", dirs_exist_ok=True)  # evaluate compares with the default profile
     params = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
     for group, values in {**TINY, **(overrides or {})}.items():
         params[group].update(values)
