@@ -1,5 +1,6 @@
 # make repro : set up .venv and run the pipeline (dvc repro, the profile in params.yaml)
 # make test  : set up .venv and run the tests
+# make repro-timed, plain-baseline, bench: the benchmark suite (benchmarks/, results in reports/)
 # On a machine without internet, CIFAR-10 is read from ANOMEM_CIFAR10_DIR (default: ../shared/data/cifar10
 # when it exists); with internet and no such folder, prepare_data downloads it through torchvision.
 PYTHON ?= python3
@@ -11,7 +12,7 @@ export ANOMEM_CIFAR10_DIR
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test test-fast mlflow-ui clean-resume
+.PHONY: setup repro repro-timed bench plain-baseline test test-fast mlflow-ui clean-resume
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,18 @@ setup: $(BIN)/.installed
 repro: setup
 	$(BIN)/anomem check-params
 	$(BIN)/dvc repro
+
+# dvc repro with wall time, per-stage times, peak memory and disk recorded in reports/benchmarks/grid.json
+repro-timed: setup
+	$(BIN)/anomem check-params
+	$(BIN)/python -m benchmarks.grid
+
+# plain SimCLR + kNN on the same classes and time budget (after a grid run), then the benchmark report
+plain-baseline: setup
+	$(BIN)/python -m benchmarks.plain_baseline
+
+bench: setup
+	$(BIN)/python -m benchmarks
 
 test: setup
 	$(BIN)/python -m pytest -q

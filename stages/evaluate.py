@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 
 from anomem import io, layout, plots
-from anomem.stagekit import stage_arguments
 from anomem.errors import DataError, run_cli
 from anomem.metrics import aggregate, score_metrics
 from anomem.params import Params, flatten, load_params, pair_id
-from anomem.report import SCORES, summary_markdown
+from anomem.report import available_scores, summary_markdown
+from anomem.stagekit import stage_arguments
 from anomem.tracking import parent_tracker, stage_run
-
 
 DEFAULT_PROFILE = "profiles/cpu.yaml"
 
 
 def changed_params(params: Params) -> dict[str, tuple]:
     """Params that differ from the default profile's."""
-    defaults, here = flatten(load_params(DEFAULT_PROFILE).to_dict()), flatten(params.to_dict())
+    defaults, here = (
+        flatten(load_params(DEFAULT_PROFILE).to_dict()),
+        flatten(params.to_dict()),
+    )
     return {k: (defaults.get(k), v) for k, v in here.items() if defaults.get(k) != v}
 
 
@@ -37,26 +39,38 @@ def main() -> None:
                     raise DataError(f"{path}: missing; run `dvc repro train_detector@{pair}` first")
                 with np.load(path) as f:
                     scores[pair] = {k: f[k] for k in f.files}
+    present = [available_scores([k.removeprefix("score_") for k in s]) for s in scores.values()]
+    if any(p != present[0] for p in present):
+        raise DataError("the pairs were scored with different params (their score sets differ); re-run `dvc repro`")
+    score_names, headline = present[0], present[0][0]
     per_pair: dict = {}
     for setting in e.settings:
         for cls in e.classes:
             for seed in e.seeds:
                 s = scores[pair_id(cls, setting, seed)]
-                per_pair.setdefault(setting, {}).setdefault(cls, {})[seed] = {k: score_metrics(s["labels"], s[f"score_{k}"]) for k in SCORES}
+                per_pair.setdefault(setting, {}).setdefault(cls, {})[seed] = {
+                    k: score_metrics(s["labels"], s[f"score_{k}"]) for k in score_names
+                }
     metrics = aggregate(per_pair, names)
     test_images = np.load(layout.images_file("test"), mmap_mode="r")
 
     with stage_run(params, "evaluate") as run:
         io.write_json(layout.REPORTS / "metrics.json", metrics)
-        io.write_text(layout.REPORTS / "summary.md", summary_markdown(metrics, changed_params(params), e.seeds))
+        io.write_text(
+            layout.REPORTS / "summary.md",
+            summary_markdown(metrics, changed_params(params), e.seeds),
+        )
         seed = e.seeds[0]
         for setting in e.settings:
             first = {cls: scores[pair_id(cls, setting, seed)] for cls in e.classes}
             figures = {
-                f"roc_{setting}.png": plots.roc_figure({f"{c} {names[c]}": (s["labels"], s["score_detector"]) for c, s in first.items()}, f"ROC, detector, {setting} (seed {seed})"),
+                f"roc_{setting}.png": plots.roc_figure(
+                    {f"{c} {names[c]}": (s["labels"], s[f"score_{headline}"]) for c, s in first.items()},
+                    f"ROC, {headline} score, {setting} (seed {seed})",
+                ),
                 f"histograms_{setting}.png": plots.histogram_figure(
                     np.concatenate([s["labels"] for s in first.values()]),
-                    {k: np.concatenate([_standardise(s[f"score_{k}"], s["labels"]) for s in first.values()]) for k in SCORES},
+                    {k: np.concatenate([_standardise(s[f"score_{k}"], s["labels"]) for s in first.values()]) for k in score_names},
                     f"{setting}: scores standardised per class on its normal test images",
                 ),
                 f"heatmaps_{setting}.png": plots.heatmap_figure(
@@ -81,7 +95,7 @@ def main() -> None:
             for seed, values in by_seed.items():
                 parent_tracker(params, pair_id(cls, setting, seed)).log_metrics({"test": values})
     for setting, m in metrics["mean"].items():
-        print(f"{setting}: " + ", ".join(f"{k} AUROC {100 * m[k]['auroc']:.1f}" for k in SCORES))
+        print(f"{setting}: " + ", ".join(f"{k} AUROC {100 * m[k]['auroc']:.1f}" for k in score_names))
 
 
 def _standardise(score: np.ndarray, labels: np.ndarray) -> np.ndarray:

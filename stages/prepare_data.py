@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from anomem import io, layout
-from anomem.stagekit import stage_arguments
 from anomem.data import download_cifar10, load_from_folder, make_split
 from anomem.errors import DataError, run_cli
 from anomem.params import load_params
+from anomem.stagekit import stage_arguments
 from anomem.tracking import stage_run
 
 
@@ -22,7 +22,9 @@ def main() -> None:
     elif params.data.dataset == "cifar10":
         train, test, source = download_cifar10(layout.RAW)
     else:
-        raise DataError(f"data.dataset = {params.data.dataset!r}: set ANOMEM_DATA_DIR to the folder with {params.data.dataset}_train.npz and {params.data.dataset}_test.npz")
+        raise DataError(
+            f"data.dataset = {params.data.dataset!r}: set ANOMEM_DATA_DIR to the folder with {params.data.dataset}_train.npz and {params.data.dataset}_test.npz"
+        )
     # Every split is drawn before anything is written: a class too small for its split fails here.
     splits = {
         (c, s): make_split(train.labels, test.labels, c, s, params.data)

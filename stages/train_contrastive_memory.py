@@ -9,12 +9,11 @@ import numpy as np
 import torch
 
 from anomem import io, layout
-from anomem.stagekit import stage_arguments
 from anomem.errors import run_cli
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
-from anomem.params import load_params, pair_id
-from anomem.runtime import environment, git_commit, make_runtime, seed_everything
+from anomem.runtime import environment, git_commit
+from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
 
 
@@ -28,11 +27,8 @@ def fingerprint(params, seed: int, split: dict) -> str:
 
 
 def main() -> None:
-    args = stage_arguments(__doc__)
-    params = load_params(args.params)
-    pair = pair_id(args.cls, args.setting, args.seed)
-    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
-    seed_everything(args.seed)
+    stage = pair_stage(__doc__)
+    args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
 
     with np.load(layout.split_file(args.cls, args.setting)) as f:
         split = {k: f[k] for k in f.files}
@@ -51,20 +47,43 @@ def main() -> None:
         else:
             print(f"ignoring {checkpoint}: it was made with other params, seed or data")
 
-    net = AnoMemNet(params.model, params.memory)
+    net = AnoMemNet.from_params(params)
     out = layout.model_dir(pair)
     with stage_run(params, "train_contrastive_memory", pair, args.seed) as run:
-        run.set_tags({"resumed_from_epoch": resume["epoch"] + 1 if resume else 0, "device": str(runtime.device)})
+        run.set_tags(
+            {
+                "resumed_from_epoch": resume["epoch"] + 1 if resume else 0,
+                "device": str(runtime.device),
+            }
+        )
         history = train_macl(
             net, normal, known, params, runtime, args.seed,
             on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
             save_checkpoint=lambda state: io.save_torch(checkpoint, {**state, "fingerprint": fp}),
             resume_from=resume,
         )  # fmt: skip
-        io.save_torch(out / "model.pt", {"model": net.cpu().state_dict(), "model_params": params.model.model_dump(), "memory_params": params.memory.model_dump()})
-        meta = {"pair": pair, "seed": args.seed, "git_commit": git_commit(), "environment": environment(), "device": str(runtime.device)}
+        io.save_torch(
+            out / "model.pt",
+            {
+                "model": net.cpu().state_dict(),
+                "model_params": params.model.model_dump(),
+                "memory_params": params.memory.model_dump(),
+            },
+        )
+        meta = {
+            "pair": pair,
+            "seed": args.seed,
+            "git_commit": git_commit(),
+            "environment": environment(),
+            "device": str(runtime.device),
+        }
         io.write_json(out / "history.json", {"history": history, "meta": meta})
-        run.log_metrics({"final_loss": history[-1]["loss"], "mean_images_per_second": float(np.mean([h["images_per_second"] for h in history]))})
+        run.log_metrics(
+            {
+                "final_loss": history[-1]["loss"],
+                "mean_images_per_second": float(np.mean([h["images_per_second"] for h in history])),
+            }
+        )
     checkpoint.unlink(missing_ok=True)
     print(f"{pair}: final loss {history[-1]['loss']:.4f}, {np.mean([h['images_per_second'] for h in history]):.0f} img/s")
 

@@ -1,17 +1,16 @@
-"""Stage train_detector: fit phi on deviation maps, and score the test split with it and both references."""
+"""Stage train_detector: fit phi on deviation maps, and score the test split with it and the reference scores."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from anomem import io, layout
-from anomem.stagekit import stage_arguments
 from anomem.detector import AnomalyDistanceDetector
-from anomem.deviation import deviation_score, fit_scale_weights
+from anomem.deviation import combined_score, deviation_score, fit_scale_weights
 from anomem.errors import run_cli
 from anomem.knn import knn_score
-from anomem.params import load_params, pair_id
-from anomem.runtime import make_runtime, seed_everything
+from anomem.params import uses_shifted_negatives
+from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
 
 TOP_K = 6  # highest-scored test images kept with their deviation heatmaps
@@ -22,29 +21,41 @@ def load_maps(folder, split: str, scales: list[int]) -> dict[int, np.ndarray]:
 
 
 def main() -> None:
-    args = stage_arguments(__doc__)
-    params = load_params(args.params)
-    pair = pair_id(args.cls, args.setting, args.seed)
-    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
-    seed_everything(args.seed)
+    stage = pair_stage(__doc__)
+    args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
     folder = layout.deviation_dir(pair)
     scales = params.memory.scales
+    shifted = uses_shifted_negatives(params, args.setting)
 
-    maps = {name: load_maps(folder, name, scales) for name in ("train_normal", "train_known", "val_normal", "val_known", "test")}
+    names = ("train_normal", "train_known", "val_normal", "val_known", "test") + (("train_shifted", "val_shifted") if shifted else ())
+    maps = {name: load_maps(folder, name, scales) for name in names}
     pooled = {name: np.load(folder / f"{name}_pooled.npy") for name in ("train_normal", "test")}
+    rotation = (
+        {name: np.load(folder / f"{name}_rotation.npy") for name in ("val_normal", "test")}
+        if params.contrastive.rotation_weight > 0
+        else None
+    )
     with np.load(layout.split_file(args.cls, args.setting)) as f:
         test_labels = f["test_labels"]
 
-    def stack(a: str, b: str) -> tuple[dict[int, np.ndarray], np.ndarray]:
-        X = {s: np.concatenate([maps[a][s], maps[b][s]]) for s in scales}
-        return X, np.r_[np.zeros(maps[a][scales[0]].shape[0], np.int64), np.ones(maps[b][scales[0]].shape[0], np.int64)]
+    def stack(normal: str, *anomalous: str) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        parts = [normal, *anomalous]
+        X = {s: np.concatenate([maps[p][s] for p in parts]) for s in scales}
+        counts = [maps[p][scales[0]].shape[0] for p in parts]
+        return X, np.r_[np.zeros(counts[0], np.int64), np.ones(sum(counts[1:]), np.int64)]
 
-    X, y = stack("train_normal", "train_known")
-    X_val, y_val = stack("val_normal", "val_known")
+    X, y = stack("train_normal", "train_known", *(("train_shifted",) if shifted else ()))
+    X_val, y_val = stack("val_normal", "val_known", *(("val_shifted",) if shifted else ()))
     out = layout.scores_dir(pair)
     with stage_run(params, "train_detector", pair, args.seed) as run:
         detector = AnomalyDistanceDetector(params.detector, runtime.device, seed=args.seed)
-        detector.fit(X, y, X_val, y_val, on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]))
+        detector.fit(
+            X,
+            y,
+            X_val,
+            y_val,
+            on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
+        )
         weights = fit_scale_weights(maps["train_normal"])
         scores = {
             "detector": detector.decision_function(maps["test"]),
@@ -52,6 +63,14 @@ def main() -> None:
             "knn": knn_score(pooled["train_normal"], pooled["test"], params.detector.knn_k),
         }
         val_normal_scores = detector.decision_function(maps["val_normal"])
+        if rotation is not None:
+            scores["rotation"] = rotation["test"]
+            scores["combined"] = combined_score(
+                {
+                    "detector": (scores["detector"], val_normal_scores),
+                    "rotation": (rotation["test"], rotation["val_normal"]),
+                }
+            )
         top = np.argsort(-scores["detector"], kind="stable")[:TOP_K]
         heat = {f"heat_s{s}": (maps["test"][s][top].astype(np.float32) ** 2).sum(1) for s in scales}
         io.save_npz(
@@ -61,7 +80,10 @@ def main() -> None:
             **{f"score_{k}": v for k, v in scores.items()}, **heat,
         )  # fmt: skip
         io.save_torch(out / "detector.pt", {**detector.state_dict(), "scale_weights": weights})
-        io.write_json(out / "history.json", {"history": detector.history, "best_epoch": detector.best_epoch})
+        io.write_json(
+            out / "history.json",
+            {"history": detector.history, "best_epoch": detector.best_epoch},
+        )
         run.log_metrics({"best_epoch": detector.best_epoch})
     print(f"{pair}: detector fitted (best epoch {detector.best_epoch}), {scores['detector'].size} test images scored")
 

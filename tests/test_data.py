@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomem.data import ContrastiveViews, ImageSet, load_from_folder, make_split, read_npz, to_float
+from anomem.data import ContrastiveViews, ImageSet, load_from_folder, make_split, quarter_turned, read_npz, to_float
 from anomem.errors import DataError
 from anomem.params import DataParams
 
@@ -447,3 +447,17 @@ def test_to_float_extremes_and_tensor_input():
     assert t[0].max() == 0.0 and t[1].min() == 1.0
     assert t.shape == (2, 3, 4, 4)
     assert x[1].min() == 255  # the uint8 input is left alone
+
+
+def test_quarter_turned_copies_are_turned_never_upright_and_reproducible():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 8, 8, 3), dtype=np.uint8)
+    turned = quarter_turned(images, seed=3)
+    assert turned.shape == images.shape and turned.dtype == np.uint8
+    found = []
+    for original, copy in zip(images, turned):
+        ks = [k for k in range(4) if np.array_equal(np.rot90(original, k, axes=(0, 1)), copy)]
+        assert ks and 0 not in ks
+        found.append(ks[0])
+    assert set(found) == {1, 2, 3}
+    np.testing.assert_array_equal(turned, quarter_turned(images, seed=3))

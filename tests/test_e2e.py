@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,14 @@ from conftest import REPO, cifar10_dir
 
 pytestmark = pytest.mark.e2e
 
-COPIED = ("stages", "src", "profiles", "dvc.yaml", "pyproject.toml")
-SCORES = ("detector", "deviation", "knn")
+COPIED = ("stages", "src", "profiles", "dvc.yaml", "pyproject.toml", ".gitignore")
+SMOKE_BASELINE = REPO / "reports" / "baseline" / "smoke"
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "ci",
+    "GIT_AUTHOR_EMAIL": "ci@example.com",
+    "GIT_COMMITTER_NAME": "ci",
+    "GIT_COMMITTER_EMAIL": "ci@example.com",
+}
 
 
 def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 1500) -> subprocess.CompletedProcess:
@@ -34,11 +41,17 @@ def smoke_repo(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
     shutil.copy(REPO / "profiles" / "smoke.yaml", root / "params.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING", "DVC_"))}
     env.update(
+        GIT_IDENTITY,
         ANOMEM_CIFAR10_DIR=str(cifar10_dir()),
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         MLFLOW_DISABLE_TELEMETRY="true",
     )
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"], ["dvc", "config", "cache.type", "hardlink,symlink"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["dvc", "config", "cache.type", "hardlink,symlink"],
+    ):
         assert run(cmd, root, env).returncode == 0, cmd
     result = run(["dvc", "repro"], root, env)
     return root, env, result
@@ -79,12 +92,13 @@ def test_metrics_cover_every_pair_and_beat_a_broken_model(smoke_repo):
     for setting in params["experiment"]["settings"]:
         for cls in params["experiment"]["classes"]:
             entry = metrics["classes"][setting][f"{cls}_{names[cls]}"]
-            for score in SCORES:
+            assert set(entry) == {"combined", "detector", "rotation", "deviation", "knn"}, "the smoke profile scores with everything"
+            for score in entry:
                 assert set(entry[score]) >= {"auroc", "aupr", "fpr95"}
                 assert 0.0 <= entry[score]["auroc"] <= 1.0
     # A broken model (constant or random scores) sits at 0.5 on 10,000 test images (std ~0.005).
     # One epoch of MACL already puts the best reference score clearly above that.
-    best = max(metrics["mean"][s][score]["auroc"] for s in metrics["mean"] for score in SCORES)
+    best = max(metrics["mean"][s][score]["auroc"] for s in metrics["mean"] for score in metrics["mean"][s])
     assert best > 0.55, metrics["mean"]
 
 
@@ -121,3 +135,89 @@ def test_second_repro_is_fully_cached(smoke_repo):
     root, env, _ = smoke_repo
     status = run(["dvc", "status", "--json"], root, env)
     assert status.returncode == 0 and json.loads(status.stdout or "{}") == {}, status.stdout
+
+
+def test_gate_passes_against_the_committed_smoke_baseline(smoke_repo):
+    """CI's regression gate: this run's metrics against reports/baseline/smoke, within its seed-derived tolerances."""
+    root, env, _ = smoke_repo
+    gate = run(["anomem", "gate", "--metrics", str(root / "reports/metrics.json"), "--baseline", str(SMOKE_BASELINE)], root, env)
+    print(gate.stdout)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert "REGRESSION" not in gate.stdout and "MISSING" not in gate.stdout
+
+
+@pytest.fixture(scope="module")
+def committed_repo(smoke_repo):
+    """The smoke repo after a git commit of its code, params and dvc.lock: what `dvc exp` starts from."""
+    root, env, result = smoke_repo
+    assert result.returncode == 0
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-q", "-m", "smoke baseline"]):
+        done = run(cmd, root, env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return root, env
+
+
+def _exp_rows(root: Path, env: dict) -> list[dict]:
+    shown = run(["dvc", "exp", "show", "--json"], root, env)
+    assert shown.returncode == 0, shown.stderr
+    rows = []
+    for commit in json.loads(shown.stdout):
+        rows.append(commit)
+        for exp in commit.get("experiments") or []:
+            rows += exp.get("revs", [])
+    return rows
+
+
+def _mean_auroc(row: dict, setting: str, score: str) -> float | None:
+    data = row.get("data") or {}
+    metrics = (data.get("metrics") or {}).get("reports/metrics.json", {}).get("data", {})
+    return metrics.get("mean", {}).get(setting, {}).get(score, {}).get("auroc")
+
+
+def _param(row: dict, group: str, key: str):
+    return (row.get("data") or {}).get("params", {}).get("params.yaml", {}).get("data", {}).get(group, {}).get(key)
+
+
+def test_exp_run_sweeps_one_param_and_exp_show_has_its_metrics(committed_repo):
+    root, env = committed_repo
+    done = run(["dvc", "exp", "run", "-n", "size16", "-S", "memory.size=16"], root, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Stage 'prepare_data' didn't change, skipping" in done.stdout, "a memory sweep must not prepare the data again"
+    rows = _exp_rows(root, env)
+    sized = [r for r in rows if (r.get("name") == "size16" or (r.get("data") or {}).get("name") == "size16")]
+    assert sized, [r.get("name") for r in rows]
+    assert _param(sized[0], "memory", "size") == 16
+    base = next(r for r in rows if _param(r, "memory", "size") == 32)
+    for setting in ("one_class", "unbalanced"):
+        ours, theirs = _mean_auroc(sized[0], setting, "combined"), _mean_auroc(base, setting, "combined")
+        assert ours is not None and theirs is not None and 0 < ours < 1
+    assert _mean_auroc(sized[0], "one_class", "detector") != _mean_auroc(base, "one_class", "detector")
+    csv = run(["dvc", "exp", "show", "--csv", "--only-changed"], root, env)
+    assert "mean.one_class.combined.auroc" in csv.stdout.splitlines()[0]
+
+
+def test_queued_experiments_run_in_parallel_and_both_reach_mlflow(committed_repo):
+    root, env = committed_repo
+    # Detector-only sweeps: two workers re-train detectors and evaluate at once, both writing to one sqlite store.
+    for epochs in (2, 3):
+        queued = run(["dvc", "exp", "run", "--queue", "-n", f"det{epochs}", "-S", f"detector.epochs={epochs}"], root, env)
+        assert queued.returncode == 0, queued.stderr
+    started = run(["dvc", "queue", "start", "-j", "2"], root, env)
+    assert started.returncode == 0, started.stderr
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(5)
+    status = run(["dvc", "queue", "status"], root, env).stdout
+    assert status.count("Success") >= 2, status
+    logs = "".join(run(["dvc", "queue", "logs", f"det{e}"], root, env).stdout for e in (2, 3))
+    assert "database is locked" not in logs.lower(), logs[-3000:]
+    names = {r.get("name") or (r.get("data") or {}).get("name") for r in _exp_rows(root, env)}
+    assert {"det2", "det3"} <= names
+    with sqlite3.connect(root / "mlflow.db") as con:
+        keys = dict(con.execute("select run_uuid, value from tags where key = 'anomem.key'").fetchall())
+        levels = dict(con.execute("select run_uuid, value from tags where key = 'anomem.level'").fetchall())
+    parents = {keys[r] for r, level in levels.items() if level == "experiment"}
+    assert {"det2", "det3"} <= parents, parents  # one experiment run each, to pick and compare in the UI

@@ -128,3 +128,46 @@ def test_resume_reproduces_an_uninterrupted_run(cifar_train_slice):
         assert ref.keys() == other.keys()
         for k in ref:
             assert torch.equal(ref[k], other[k]), (name, k)
+
+
+def _variant_params(memory_enabled=True, rotation_weight=0.0, epochs=4):
+    p = _params(epochs=epochs)
+    return p.model_copy(
+        update={
+            "memory": p.memory.model_copy(update={"enabled": memory_enabled}),
+            "contrastive": p.contrastive.model_copy(update={"rotation_weight": rotation_weight}),
+        }
+    )
+
+
+def test_plain_simclr_without_memory_trains_and_logs_no_memory_terms(cifar_train_slice):
+    p = _variant_params(memory_enabled=False)
+    seed_everything(0)
+    net = AnoMemNet.from_params(p)
+    history = macl.train_macl(net, _class(cifar_train_slice, 0), None, p, RUNTIME, 0, progress=False)
+    assert len(net.memories) == 0
+    assert all(h["loss"] == h["loss_plain"] for h in history)
+    assert not any(k.startswith(("memory_", "loss_memory", "loss_variance")) for k in history[0])
+    assert history[-1]["loss"] < history[0]["loss"] - 0.2, [round(h["loss"], 3) for h in history]
+
+
+def test_rotation_head_learns_to_name_the_turn(cifar_train_slice):
+    # A heavy rotation weight and a gentle LR, so that 50 steps are enough to see the head learn.
+    p = _variant_params(rotation_weight=5.0, epochs=5)
+    p = p.model_copy(update={"train": p.train.model_copy(update={"batch_size": 100, "lr": 0.05})})
+    seed_everything(0)
+    net = AnoMemNet.from_params(p)
+    normal = torch.as_tensor(cifar_train_slice[0])  # all 1,000 images: 50 steps
+    history = macl.train_macl(net, normal, None, p, RUNTIME, 0, progress=False)
+    first, last = history[0], history[-1]
+    assert last["loss"] == pytest.approx(last["loss_memory"] + last["loss_plain"] + last["loss_variance"] + 5.0 * last["loss_rotation"], rel=1e-5)
+    # Chance is log 4 = 1.386: the head must have learnt something about which way is up.
+    assert last["loss_rotation"] < first["loss_rotation"] and last["loss_rotation"] < math.log(4) - 0.03, [
+        round(h["loss_rotation"], 3) for h in history
+    ]
+
+
+def test_rotation_weight_without_a_head_is_refused(cifar_train_slice):
+    p = _variant_params(rotation_weight=1.0, epochs=1)
+    with pytest.raises(ValueError, match="rotation_head"):
+        macl.train_macl(AnoMemNet(p.model, p.memory), _class(cifar_train_slice, 0, 50), None, p, RUNTIME, 0, progress=False)

@@ -179,7 +179,11 @@ def test_gradient_reaches_items_and_input():
     assert fmap.grad is not None and fmap.grad.abs().sum() > 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG memory.py variance_penalty: std over a single item is NaN, and params allow memory.size = 1")
-def test_variance_penalty_of_a_one_item_memory_is_finite():
-    mem = _memory(size=1, dim=4)
-    assert torch.isfinite(mem.variance_penalty())
+def test_params_reject_a_one_item_memory():
+    # The variance term is a std over the items: undefined (NaN) for one item, so params stop it first.
+    from anomem.errors import ParamsError
+    from anomem.params import parse_params
+
+    with pytest.raises(ParamsError, match=r"memory.size = 1"):
+        parse_params({"memory": {"size": 1}})
+    assert torch.isfinite(_memory(size=2, dim=4).variance_penalty())

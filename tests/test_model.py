@@ -11,14 +11,16 @@ import torch
 from torch import nn
 
 from anomem.losses import macl_loss
-from anomem.model import AnoMemNet
+from anomem.model import AnoMemNet, rotate
 from anomem.params import parse_params
 
 WIDTH, PROJ, SIZE = 8, 16, 16
 
 
 def _net(arch="resnet20", scales=(2, 3), size=SIZE, beta=10.0, seed=0) -> AnoMemNet:
-    p = parse_params({"model": {"arch": arch, "width": WIDTH, "proj_dim": PROJ}, "memory": {"scales": list(scales), "size": size, "beta": beta}})
+    p = parse_params(
+        {"model": {"arch": arch, "width": WIDTH, "proj_dim": PROJ}, "memory": {"scales": list(scales), "size": size, "beta": beta}}
+    )
     torch.manual_seed(seed)
     return AnoMemNet(p.model, p.memory)
 
@@ -157,3 +159,40 @@ def test_init_memories_seeds_only_uninitialised_memories():
     seeded = net.memory(3).items.detach().clone()
     net.init_memories(_images(seed=9))
     assert torch.equal(net.memory(3).items, seeded), "a second call changes nothing"
+
+
+def test_rotate_turns_each_image_by_its_own_quarter_turns():
+    x = _images(4)
+    turns = torch.tensor([0, 1, 2, 3])
+    out = rotate(x, turns)
+    for i, k in enumerate(turns.tolist()):
+        assert torch.equal(out[i], torch.rot90(x[i], k, dims=(1, 2)))
+    assert torch.equal(rotate(rotate(x, turns), (4 - turns) % 4), x)
+
+
+def test_rotation_head_scores_every_image_and_is_built_only_when_weighted():
+    base = {"model": {"arch": "resnet20", "width": WIDTH, "proj_dim": PROJ}, "memory": {"size": SIZE}}
+    assert AnoMemNet.from_params(parse_params(base)).rotation_head is None
+    net = AnoMemNet.from_params(parse_params({**base, "contrastive": {"rotation_weight": 1.0}})).eval()
+    x = _images(5)
+    score = net.rotation_score(x)
+    assert score.shape == (5,) and torch.isfinite(score).all() and (score >= 0).all()
+    with torch.no_grad():  # -mean over the four turns of log p(turn k | image turned by k)
+        expected = (
+            -sum(torch.log_softmax(net.rotation_head(net.pooled(net.features(torch.rot90(x, k, dims=(2, 3))))), 1)[:, k] for k in range(4))
+            / 4
+        )
+    torch.testing.assert_close(score, expected)
+
+
+def test_without_memory_the_net_is_plain_and_deviation_is_the_feature_map():
+    p = parse_params({"model": {"arch": "resnet20", "width": WIDTH, "proj_dim": PROJ}, "memory": {"enabled": False, "scales": [2, 3]}})
+    net = AnoMemNet.from_params(p).eval()
+    assert net.scales == [] and len(net.memories) == 0
+    x = _images(3)
+    maps, pooled = net.deviation(x)
+    feats = net.features(x)
+    assert sorted(maps) == [2, 3]
+    for s in (2, 3):
+        assert torch.equal(maps[s], feats[s])
+    assert pooled.shape == (3, net.encoder.out_dim)

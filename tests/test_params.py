@@ -116,7 +116,7 @@ def test_source_is_named():
 def test_memory_size_zero():
     msg = _error({"memory": {"size": 0}})
     assert "memory.size = 0" in msg
-    assert "greater than or equal to 1" in msg
+    assert "greater than or equal to 2" in msg
 
 
 def test_class_out_of_range_names_classes():

@@ -26,7 +26,15 @@ PAIR_ID = "-".join(PAIR)
 TINY = {
     "model": {"arch": "resnet20", "width": 8},
     "memory": {"scales": [2, 3], "size": 8},
-    "train": {"epochs": 12, "batch_size": 30, "known_batch_size": 4, "lr": 0.1, "warmup_epochs": 1, "eval_batch_size": 128, "num_threads": 1},
+    "train": {
+        "epochs": 12,
+        "batch_size": 30,
+        "known_batch_size": 4,
+        "lr": 0.1,
+        "warmup_epochs": 1,
+        "eval_batch_size": 128,
+        "num_threads": 1,
+    },
     "detector": {"epochs": 3, "batch_size": 32, "known_batch_size": 4},
     "experiment": {"classes": [0], "settings": ["one_class", "unbalanced"], "seeds": [0]},
     "tracking": {"enabled": False},
@@ -60,7 +68,9 @@ def make_repo(root: Path, data: Path, overrides: dict | None = None) -> tuple[Pa
 
 def stage(name: str, root: Path, env: dict, pair: bool = True) -> subprocess.CompletedProcess:
     args = ["--cls", PAIR[0], "--setting", PAIR[1], "--seed", PAIR[2]] if pair else []
-    return subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -75,7 +85,16 @@ def run_pipeline(root: Path, env: dict) -> None:
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["experiment"]["settings"] = ["one_class"]  # evaluate only the pair that ran
     (root / "eval.yaml").write_text(yaml.safe_dump(params))
-    ok(subprocess.run([sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", "eval.yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=600))
+    ok(
+        subprocess.run(
+            [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", "eval.yaml"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +198,14 @@ def test_mlflow_down(finished_repo, go_on):
     (root / "down.yaml").write_text(yaml.safe_dump(params))
     (root / "reports/metrics.json").unlink(missing_ok=True)
     env = {**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
-    result = subprocess.run([sys.executable, str(REPO / "stages/evaluate.py"), "--params", "down.yaml"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages/evaluate.py"), "--params", "down.yaml"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "Traceback" not in result.stderr
     if go_on:
         assert result.returncode == 0 and "tracking disabled" in result.stderr
@@ -190,5 +216,11 @@ def test_mlflow_down(finished_repo, go_on):
 
 def test_a_bad_class_index_on_the_command_line_is_a_clear_error(finished_repo):
     root, env = finished_repo
-    result = subprocess.run([sys.executable, str(REPO / "stages/train_contrastive_memory.py"), "--cls", "10", "--setting", "one_class", "--seed", "0"], cwd=root, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages/train_contrastive_memory.py"), "--cls", "10", "--setting", "one_class", "--seed", "0"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "--cls 10" in result.stderr and "0..9" in result.stderr and "Traceback" not in result.stderr

@@ -42,15 +42,29 @@ def _gate(args: argparse.Namespace) -> int:
     if args.derive:
         tolerances = derive_tolerances(read_json(args.metrics), k=args.k, floor=args.floor)
         write_json(baseline_dir / "metrics.json", read_json(args.metrics))
-        write_json(baseline_dir / "tolerances.json", {"k": args.k, "floor": args.floor, "source": str(args.metrics), "tolerances": tolerances})
+        write_json(
+            baseline_dir / "tolerances.json",
+            {
+                "k": args.k,
+                "floor": args.floor,
+                "source": str(args.metrics),
+                "tolerances": tolerances,
+            },
+        )
         print(f"wrote {baseline_dir}/metrics.json and tolerances.json ({len(tolerances)} metrics)")
         return 0
     for name in ("metrics.json", "tolerances.json"):
         if not (baseline_dir / name).is_file():
-            raise ParamsError(f"{baseline_dir / name}: missing; create the baseline with `anomem gate --derive --metrics FILE --baseline {baseline_dir}`")
+            raise ParamsError(
+                f"{baseline_dir / name}: missing; create the baseline with `anomem gate --derive --metrics FILE --baseline {baseline_dir}`"
+            )
     if not Path(args.metrics).is_file():
         raise ParamsError(f"{args.metrics}: missing; run the pipeline first")
-    rows = compare(read_json(args.metrics), read_json(baseline_dir / "metrics.json"), read_json(baseline_dir / "tolerances.json")["tolerances"])
+    rows = compare(
+        read_json(args.metrics),
+        read_json(baseline_dir / "metrics.json"),
+        read_json(baseline_dir / "tolerances.json")["tolerances"],
+    )
     print(format_table(rows))
     failed = [r for r in rows if r.verdict != "ok"]
     print(f"\ngate: {len(rows) - len(failed)} ok, {len(failed)} failed")
@@ -67,11 +81,27 @@ def main(argv: list[str] | None = None) -> None:
     profile.add_argument("name")
     profile.add_argument("--params", default="params.yaml")
     profile.set_defaults(func=_profile)
-    gate = sub.add_parser("gate", help="compare a metrics.json with a committed baseline; exit 1 on a regression")
+    gate = sub.add_parser(
+        "gate",
+        help="compare a metrics.json with a committed baseline; exit 1 on a regression",
+    )
     gate.add_argument("--metrics", default="reports/metrics.json")
-    gate.add_argument("--baseline", default="reports/baseline", help="folder with metrics.json and tolerances.json")
-    gate.add_argument("--derive", action="store_true", help="write the baseline and its tolerances from --metrics (a run with 2+ seeds)")
-    gate.add_argument("--k", type=float, default=3.0, help="tolerance = k x the std over seeds (with --derive)")
+    gate.add_argument(
+        "--baseline",
+        default="reports/baseline",
+        help="folder with metrics.json and tolerances.json",
+    )
+    gate.add_argument(
+        "--derive",
+        action="store_true",
+        help="write the baseline and its tolerances from --metrics (a run with 2+ seeds)",
+    )
+    gate.add_argument(
+        "--k",
+        type=float,
+        default=3.0,
+        help="tolerance = k x the std over seeds (with --derive)",
+    )
     gate.add_argument("--floor", type=float, default=0.005, help="smallest tolerance (with --derive)")
     gate.set_defaults(func=_gate)
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])

@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from anomem.errors import DataError
-from anomem.params import DataParams, SETTINGS
-
-SPLIT_NAMES = ("train_normal", "val_normal", "train_known", "val_known")
+from anomem.params import SETTINGS, DataParams
 
 
 @dataclass(frozen=True)
@@ -56,7 +54,14 @@ def read_npz(file: Path, num_classes: int) -> ImageSet:
             images, labels = archive["images"], archive["labels"]
     except DataError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError, KeyError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        ValueError,
+        OSError,
+        KeyError,
+    ) as exc:
         raise DataError(f"{file}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from None
     return _check_arrays(images, labels, file, num_classes)
 
@@ -64,7 +69,9 @@ def read_npz(file: Path, num_classes: int) -> ImageSet:
 def load_from_folder(folder: Path, params: DataParams) -> tuple[ImageSet, ImageSet, dict]:
     """Train and test sets from `{dataset}_train.npz` / `{dataset}_test.npz` in `folder`."""
     if not folder.is_dir():
-        raise DataError(f"{folder}: data folder does not exist (ANOMEM_DATA_DIR / ANOMEM_CIFAR10_DIR must name the folder with the npz files)")
+        raise DataError(
+            f"{folder}: data folder does not exist (ANOMEM_DATA_DIR / ANOMEM_CIFAR10_DIR must name the folder with the npz files)"
+        )
     files = {split: folder / f"{params.dataset}_{split}.npz" for split in ("train", "test")}
     if not any(f.exists() for f in files.values()):
         raise DataError(f"{folder}: no {params.dataset}_train.npz or {params.dataset}_test.npz in this folder")
@@ -99,7 +106,13 @@ def _sha256(file: Path) -> str:
     return h.hexdigest()
 
 
-def make_split(train_labels: np.ndarray, test_labels: np.ndarray, cls: int, setting: str, params: DataParams) -> dict[str, np.ndarray]:
+def make_split(
+    train_labels: np.ndarray,
+    test_labels: np.ndarray,
+    cls: int,
+    setting: str,
+    params: DataParams,
+) -> dict[str, np.ndarray]:
     """Indices of one (class, setting): normal train/val, known anomalies train/val, and the test split.
 
     The normal part depends on the class and split_seed only, so both settings share it and differ
@@ -115,7 +128,10 @@ def make_split(train_labels: np.ndarray, test_labels: np.ndarray, cls: int, sett
             f"class {cls} has {normal.size} training images: too few to hold out {params.val_fraction:.0%} "
             "for validation and still train (need at least 3)"
         )
-    split = {"val_normal": np.sort(normal[:n_val]), "train_normal": np.sort(normal[n_val:])}
+    split = {
+        "val_normal": np.sort(normal[:n_val]),
+        "train_normal": np.sort(normal[n_val:]),
+    }
     known = np.empty(0, np.int64)
     if setting == "unbalanced":
         krng = np.random.default_rng([params.split_seed, cls, 1])
@@ -139,6 +155,16 @@ def make_split(train_labels: np.ndarray, test_labels: np.ndarray, cls: int, sett
     return split
 
 
+def quarter_turned(images: np.ndarray, seed: int) -> np.ndarray:
+    """Each uint8 NHWC image turned by a random 90, 180 or 270 degrees: CSI's "shifted" copies of normal data."""
+    turns = np.random.default_rng(seed).integers(1, 4, images.shape[0])
+    out = np.empty_like(images)
+    for k in (1, 2, 3):
+        pick = np.flatnonzero(turns == k)
+        out[pick] = np.rot90(images[pick], k, axes=(1, 2))
+    return out
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1]."""
     t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
@@ -148,7 +174,14 @@ def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 class ContrastiveViews(nn.Module):
     """SimCLR views of a whole batch, with per-sample random parameters (kornia)."""
 
-    def __init__(self, image_hw: tuple[int, int], crop_min_scale: float, color_jitter: list[float], jitter_p: float, grayscale_p: float):
+    def __init__(
+        self,
+        image_hw: tuple[int, int],
+        crop_min_scale: float,
+        color_jitter: list[float],
+        jitter_p: float,
+        grayscale_p: float,
+    ):
         super().__init__()
         import kornia.augmentation as K
 

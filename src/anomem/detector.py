@@ -8,7 +8,7 @@ centre (the Deep SVDD rule). One-class: Deep SVDD; with known anomalies: Deep SA
 from __future__ import annotations
 
 import copy
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -27,11 +27,19 @@ class DeviationNet(nn.Module):
         self.scales = sorted(channels)
         self.branches = nn.ModuleDict(
             {
-                str(s): nn.Sequential(nn.Conv2d(channels[s], k, 1, bias=False), nn.Conv2d(k, k, 3, padding=1, bias=False), nn.ReLU())
+                str(s): nn.Sequential(
+                    nn.Conv2d(channels[s], k, 1, bias=False),
+                    nn.Conv2d(k, k, 3, padding=1, bias=False),
+                    nn.ReLU(),
+                )
                 for s in self.scales
             }
         )
-        self.head = nn.Sequential(nn.Linear(2 * k * len(self.scales), hidden, bias=False), nn.ReLU(), nn.Linear(hidden, rep_dim, bias=False))
+        self.head = nn.Sequential(
+            nn.Linear(2 * k * len(self.scales), hidden, bias=False),
+            nn.ReLU(),
+            nn.Linear(hidden, rep_dim, bias=False),
+        )
 
     def forward(self, maps: Mapping[int, torch.Tensor]) -> torch.Tensor:
         pooled = []
@@ -48,8 +56,19 @@ class AnomalyDistanceDetector:
     with the lowest validation objective is kept (the test split is never looked at).
     """
 
-    def __init__(self, params: DetectorParams, device: str | torch.device = "cpu", seed: int = 0, progress: bool = True):
-        self.params, self.device, self.seed, self.progress = params, torch.device(device), seed, progress
+    def __init__(
+        self,
+        params: DetectorParams,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        self.params, self.device, self.seed, self.progress = (
+            params,
+            torch.device(device),
+            seed,
+            progress,
+        )
         self.net: DeviationNet | None = None
         self.center: torch.Tensor | None = None
         self.history: list[dict] = []
@@ -74,7 +93,7 @@ class AnomalyDistanceDetector:
         X_val: Maps | None = None,
         y_val: np.ndarray | None = None,
         on_epoch: Callable[[dict], None] | None = None,
-    ) -> "AnomalyDistanceDetector":
+    ) -> AnomalyDistanceDetector:
         p = self.params
         n = _length(X)
         y = np.zeros(n, np.int64) if y is None else np.asarray(y)
@@ -97,14 +116,25 @@ class AnomalyDistanceDetector:
         n_known_batch = min(known.size, p.known_batch_size)
         steps = max(1, normal.size // p.batch_size)
         best, self.history = (float("inf"), None), []
-        for epoch in tqdm(range(p.epochs), desc="detector", unit="epoch", disable=not self.progress, dynamic_ncols=True):
+        for epoch in tqdm(
+            range(p.epochs),
+            desc="detector",
+            unit="epoch",
+            disable=not self.progress,
+            dynamic_ncols=True,
+        ):
             self.net.train()
             order = normal[torch.randperm(normal.size, generator=gen).numpy()]
             total = 0.0
             for step in range(steps):
                 idx = order[step * p.batch_size : (step + 1) * p.batch_size]
                 if n_known_batch:
-                    idx = np.concatenate([idx, known[torch.randint(0, known.size, (n_known_batch,), generator=gen).numpy()]])
+                    idx = np.concatenate(
+                        [
+                            idx,
+                            known[torch.randint(0, known.size, (n_known_batch,), generator=gen).numpy()],
+                        ]
+                    )
                 dist = svdd_distance(self.net(self._batch(X, idx)), self.center)
                 loss = deep_sad_loss(dist, torch.as_tensor(y[idx] == 1, device=self.device), p.eta, p.eps)
                 opt.zero_grad(set_to_none=True)
@@ -139,9 +169,14 @@ class AnomalyDistanceDetector:
         return float(deep_sad_loss(dist, known, self.params.eta, self.params.eps))
 
     def state_dict(self) -> dict:
-        return {"net": self.net.state_dict(), "center": self.center.cpu(), "channels": {s: self.net.branches[str(s)][0].in_channels for s in self.net.scales}, "best_epoch": self.best_epoch}
+        return {
+            "net": self.net.state_dict(),
+            "center": self.center.cpu(),
+            "channels": {s: self.net.branches[str(s)][0].in_channels for s in self.net.scales},
+            "best_epoch": self.best_epoch,
+        }
 
-    def load_state_dict(self, state: dict) -> "AnomalyDistanceDetector":
+    def load_state_dict(self, state: dict) -> AnomalyDistanceDetector:
         p = self.params
         self.net = DeviationNet(state["channels"], p.channels, p.hidden, p.rep_dim).to(self.device)
         self.net.load_state_dict(state["net"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -18,12 +18,18 @@ Maps = Mapping[int, np.ndarray]  # scale -> (N, C_s, H_s, W_s)
 def map_bytes(net: AnoMemNet, image_hw: tuple[int, int], n_images: int) -> int:
     """float16 bytes that the deviation maps of n_images take on disk (stage s halves the size s-1 times)."""
     h, w = image_hw
-    per_image = sum(net.encoder.channels[s] * -(-h // 2 ** (s - 1)) * -(-w // 2 ** (s - 1)) for s in net.scales)
+    per_image = sum(net.encoder.channels[s] * -(-h // 2 ** (s - 1)) * -(-w // 2 ** (s - 1)) for s in net.map_scales)
     return 2 * per_image * n_images
 
 
 @torch.no_grad()
-def extract(net: AnoMemNet, images: np.ndarray, runtime: Runtime, batch_size: int, desc: str = "deviation") -> tuple[dict[int, np.ndarray], np.ndarray]:
+def extract(
+    net: AnoMemNet,
+    images: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+    desc: str = "deviation",
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Maps per scale as float16, and the pooled encoder feature (float32) for each uint8 NHWC image.
 
     Runs in float32: a deviation is a small difference of two features, which bf16 would blur.
@@ -46,12 +52,38 @@ def extract(net: AnoMemNet, images: np.ndarray, runtime: Runtime, batch_size: in
     return maps, pooled
 
 
+@torch.no_grad()
+def rotation_scores(
+    net: AnoMemNet,
+    images: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+    desc: str = "rotation",
+) -> np.ndarray:
+    """The rotation head's score (model.AnoMemNet.rotation_score) for each uint8 NHWC image."""
+    net.eval().to(runtime.device)
+    out = np.empty(images.shape[0], np.float64)
+    for start in tqdm(
+        range(0, images.shape[0], batch_size),
+        desc=desc,
+        unit="batch",
+        dynamic_ncols=True,
+    ):
+        x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
+        out[start : start + x.shape[0]] = net.rotation_score(x).cpu().numpy()
+    return out
+
+
 def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
     """mean_{h,w} ||D_s||^2 per image and scale, in float64, chunked to bound memory."""
     out = {}
     for s, m in maps.items():
         n = m.shape[0]
-        out[s] = np.concatenate([(m[i : i + chunk].astype(np.float32) ** 2).sum(1).mean((1, 2)) for i in range(0, n, chunk)]).astype(np.float64) if n else np.empty(0)
+        out[s] = (
+            np.concatenate([(m[i : i + chunk].astype(np.float32) ** 2).sum(1).mean((1, 2)) for i in range(0, n, chunk)]).astype(np.float64)
+            if n
+            else np.empty(0)
+        )
     return out
 
 
@@ -64,3 +96,11 @@ def deviation_score(maps: Maps, weights: Mapping[int, float]) -> np.ndarray:
     """sum_s w_s * mean_{h,w} ||D_s||^2; higher means more anomalous."""
     energy = _per_image_energy(maps)
     return sum(weights[s] * energy[s] for s in energy)
+
+
+def combined_score(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Sum of scores, each standardised by its mean and std on the normal validation images.
+
+    scores maps a name to (test scores, validation-normal scores); the test split sets nothing here.
+    """
+    return sum((test - val.mean()) / (val.std() + 1e-12) for test, val in scores.values())

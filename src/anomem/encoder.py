@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -43,7 +43,11 @@ class CifarResNet(nn.Module):
         super().__init__()
         if arch not in BLOCKS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(BLOCKS)}")
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
         self.stages = nn.ModuleList()
         self.channels: dict[int, int] = {}
         in_ch = width

@@ -47,7 +47,9 @@ def derive_tolerances(metrics: dict, k: float = 3.0, floor: float = 0.005, metri
             for score, entry in scores.items():
                 for m in metric_names:
                     if f"{m}_seed_std" not in entry:
-                        raise ValueError(f"classes.{setting}.{name}.{score} has no {m}_seed_std: derive tolerances from a run with 2 or more seeds")
+                        raise ValueError(
+                            f"classes.{setting}.{name}.{score} has no {m}_seed_std: derive tolerances from a run with 2 or more seeds"
+                        )
                     std = entry[f"{m}_seed_std"]
                     tolerances[f"classes.{setting}.{name}.{score}.{m}"] = max(floor, k * std)
                     per_score.setdefault((score, m), []).append(std)
@@ -62,7 +64,17 @@ def format_table(rows: list[GateRow]) -> str:
         return "-" if x is None else f"{x:.4f}"
 
     header = ("metric", "baseline", "now", "delta", "tolerance", "verdict")
-    body = [(r.metric, f(r.baseline), f(r.now), "-" if r.delta is None else f"{r.delta:+.4f}", f"{r.tolerance:.4f}", r.verdict) for r in rows]
+    body = [
+        (
+            r.metric,
+            f(r.baseline),
+            f(r.now),
+            "-" if r.delta is None else f"{r.delta:+.4f}",
+            f"{r.tolerance:.4f}",
+            r.verdict,
+        )
+        for r in rows
+    ]
     widths = [max(len(str(row[i])) for row in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *body]]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])

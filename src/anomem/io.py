@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -60,15 +61,13 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
@@ -80,7 +79,12 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 def save_figure(path: str | Path, fig) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+        fig.savefig(
+            tmp,
+            format=Path(path).suffix.lstrip(".") or "png",
+            dpi=110,
+            bbox_inches="tight",
+        )
 
 
 def read_json(path: str | Path) -> Any:
@@ -93,9 +97,7 @@ def require_free_space(folder: str | Path, needed_bytes: int, what: str) -> None
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < needed_bytes:
-        raise DiskFullError(
-            f"not enough disk for {what} in {folder}: need about {needed_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free"
-        )
+        raise DiskFullError(f"not enough disk for {what} in {folder}: need about {needed_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
 def remove_stale_temporaries(folder: str | Path) -> None:

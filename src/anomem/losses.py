@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
-def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float, extra_negatives: torch.Tensor | None = None) -> torch.Tensor:
+def nt_xent(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    temperature: float,
+    extra_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SimCLR's NT-Xent over 2N anchors: a_i and b_i are positives, every other row a negative.
 
     `extra_negatives` (e.g. known anomalies) are only ever negatives: columns, never anchors or positives.
@@ -37,7 +42,15 @@ def macl_loss(
     cross = nt_xent(p1, p2_mem, temperature, known_negatives) + nt_xent(p2, p1_mem, temperature, known_negatives)
     plain = nt_xent(p1, p2, temperature, known_negatives) if plain_weight > 0 else cross.new_zeros(())
     total = cross + plain_weight * plain + var_weight * variance_penalty
-    parts = {k: float(v.detach()) for k, v in (("loss", total), ("loss_memory", cross), ("loss_plain", plain), ("loss_variance", variance_penalty))}
+    parts = {
+        k: float(v.detach())
+        for k, v in (
+            ("loss", total),
+            ("loss_memory", cross),
+            ("loss_plain", plain),
+            ("loss_variance", variance_penalty),
+        )
+    }
     return total, parts
 
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from anomem.data import ContrastiveViews, to_float
-from anomem.losses import macl_loss
-from anomem.model import AnoMemNet
+from anomem.losses import macl_loss, nt_xent
+from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.params import Params
 from anomem.runtime import Runtime, rng_state, set_rng_state
 
@@ -33,7 +33,10 @@ def build_optimizer(net: AnoMemNet, params: Params, steps_per_epoch: int):
         # No weight decay on BN, biases and memory items: decay would pull the prototypes to zero.
         (no_decay if p.ndim <= 1 or name.startswith("memories.") else decay).append(p)
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": t.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=t.lr,
         momentum=t.momentum,
     )
@@ -63,17 +66,29 @@ def train_macl(
     """Train encoder, memories and projector in place. Images are uint8 NHWC tensors on the CPU.
 
     Known anomalies (unbalanced setting) take only the plain path and serve as extra negatives.
+    With `contrastive.rotation_weight` > 0, both views of an image are turned by the same random quarter
+    turn (after augmentation) and the rotation head learns to name it. Without memories
+    (`memory.enabled: false`) the loss is the plain NT-Xent alone: the SimCLR baseline.
     Returns the per-epoch logs.
     """
     t, c = params.train, params.contrastive
     device = runtime.device
     batch = min(t.batch_size, normal_images.shape[0])
     steps_per_epoch = normal_images.shape[0] // batch
-    views = ContrastiveViews(tuple(normal_images.shape[1:3]), c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p).to(device)
+    views = ContrastiveViews(
+        tuple(normal_images.shape[1:3]),
+        c.crop_min_scale,
+        c.color_jitter,
+        c.jitter_p,
+        c.grayscale_p,
+    ).to(device)
     net.to(device, memory_format=runtime.memory_format())
     optimizer, scheduler = build_optimizer(net, params, steps_per_epoch)
     order = torch.Generator().manual_seed(seed)
     health_x = to_float(normal_images[:_HEALTH_BATCH]).to(device, memory_format=runtime.memory_format())
+    rotating = c.rotation_weight > 0
+    if rotating and net.rotation_head is None:
+        raise ValueError("contrastive.rotation_weight > 0 needs AnoMemNet(..., rotation_head=True)")
 
     history: list[dict] = []
     start_epoch = 0
@@ -89,9 +104,19 @@ def train_macl(
         net.eval()
         first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:batch]]
         with runtime.autocast():
-            net.init_memories(to_float(first).to(device, memory_format=runtime.memory_format()), generator=order)
+            net.init_memories(
+                to_float(first).to(device, memory_format=runtime.memory_format()),
+                generator=order,
+            )
 
-    bar = tqdm(total=t.epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch, desc="MACL", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=t.epochs * steps_per_epoch,
+        initial=start_epoch * steps_per_epoch,
+        desc="MACL",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for epoch in range(start_epoch, t.epochs):
         net.train()
         perm = torch.randperm(normal_images.shape[0], generator=order)
@@ -101,21 +126,48 @@ def train_macl(
             x = to_float(normal_images[perm[step * batch : (step + 1) * batch]]).to(device)
             n = x.shape[0]
             stacks = [views(x), views(x)]
+            if rotating:
+                turns = torch.randint(0, ROTATIONS, (n,), generator=order)
+                stacks = [rotate(v, turns) for v in stacks]
             if known_images is not None and known_images.shape[0]:
-                pick = torch.randint(0, known_images.shape[0], (min(t.known_batch_size, known_images.shape[0]),), generator=order)
+                pick = torch.randint(
+                    0,
+                    known_images.shape[0],
+                    (min(t.known_batch_size, known_images.shape[0]),),
+                    generator=order,
+                )
                 xa = to_float(known_images[pick]).to(device)
                 stacks += [views(xa), views(xa)]
             inputs = torch.cat(stacks).contiguous(memory_format=runtime.memory_format())
+            known_negatives_of = lambda p: p[2 * n :] if p.shape[0] > 2 * n else None
             with runtime.autocast():
                 feats = net.features(inputs)
-                p_all = net.project(net.pooled(feats))
-                p_mem = net.memory_path({s: f[: 2 * n] for s, f in feats.items()})
-            variance = sum(net.memory(s).variance_penalty() for s in net.scales)
-            loss, parts = macl_loss(
-                p_all[:n], p_all[n : 2 * n], p_mem[:n], p_mem[n:], variance,
-                c.temperature, c.plain_weight, params.memory.var_weight,
-                known_negatives=p_all[2 * n :] if p_all.shape[0] > 2 * n else None,
-            )  # fmt: skip
+                pooled = net.pooled(feats)
+                p_all = net.project(pooled)
+                if net.scales:
+                    p_mem = net.memory_path({s: f[: 2 * n] for s, f in feats.items()})
+                rotation_logits = net.rotation_head(pooled[: 2 * n]) if rotating else None
+            if net.scales:
+                variance = sum(net.memory(s).variance_penalty() for s in net.scales)
+                loss, parts = macl_loss(
+                    p_all[:n], p_all[n : 2 * n], p_mem[:n], p_mem[n:], variance,
+                    c.temperature, c.plain_weight, params.memory.var_weight, known_negatives=known_negatives_of(p_all),
+                )  # fmt: skip
+            else:
+                loss = nt_xent(
+                    p_all[:n],
+                    p_all[n : 2 * n],
+                    c.temperature,
+                    known_negatives_of(p_all),
+                )
+                parts = {
+                    "loss": float(loss.detach()),
+                    "loss_plain": float(loss.detach()),
+                }
+            if rotating:
+                rotation = torch.nn.functional.cross_entropy(rotation_logits.float(), turns.repeat(2).to(device))
+                loss = loss + c.rotation_weight * rotation
+                parts.update(loss=float(loss.detach()), loss_rotation=float(rotation.detach()))
             if not math.isfinite(parts["loss"]):
                 raise FloatingPointError(f"MACL loss became {parts['loss']} at epoch {epoch}, step {step}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
@@ -128,7 +180,12 @@ def train_macl(
             bar.set_postfix(epoch=epoch + 1, loss=f"{parts['loss']:.3f}")
         seconds = time.perf_counter() - began
         log = {k: v / steps_per_epoch for k, v in sums.items()}
-        log.update(epoch=epoch, lr=scheduler.get_last_lr()[0], epoch_seconds=seconds, images_per_second=steps_per_epoch * batch / seconds)
+        log.update(
+            epoch=epoch,
+            lr=scheduler.get_last_lr()[0],
+            epoch_seconds=seconds,
+            images_per_second=steps_per_epoch * batch / seconds,
+        )
         log.update(memory_health(net, health_x, runtime))
         history.append(log)
         if on_epoch is not None:

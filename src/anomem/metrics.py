@@ -24,10 +24,17 @@ def score_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
 
 def mean_std(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "n": int(arr.size)}
+    return {
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=0)),
+        "n": int(arr.size),
+    }
 
 
-def aggregate(per_pair: dict[str, dict[int, dict[int, dict[str, dict[str, float]]]]], class_names: list[str]) -> dict:
+def aggregate(
+    per_pair: dict[str, dict[int, dict[int, dict[str, dict[str, float]]]]],
+    class_names: list[str],
+) -> dict:
     """per_pair[setting][cls][seed][score][metric] -> the layout of reports/metrics.json.
 
     classes: the mean over seeds per class (and the std over seeds when there are several);
@@ -50,7 +57,10 @@ def aggregate(per_pair: dict[str, dict[int, dict[int, dict[str, dict[str, float]
                     class_means.setdefault(score, {}).setdefault(metric, []).append(stats["mean"])
                 out["classes"][setting][name][score] = entry
         out["mean"][setting] = {
-            score: {**{m: mean_std(v)["mean"] for m, v in ms.items()}, **{f"{m}_class_std": mean_std(v)["std"] for m, v in ms.items()}}
+            score: {
+                **{m: mean_std(v)["mean"] for m, v in ms.items()},
+                **{f"{m}_class_std": mean_std(v)["std"] for m, v in ms.items()},
+            }
             for score, ms in class_means.items()
         }
     return out

@@ -2,6 +2,8 @@
 
 Plain path: p = g(avgpool(E(v))).
 Memory path: the same encoder, with F_s replaced by its memory read-out after every memory scale.
+Rotation head (optional, CSI-style shifting transformation): predicts which of 0/90/180/270 degrees
+a view was turned by, from avgpool(E(v)).
 """
 
 from __future__ import annotations
@@ -11,22 +13,50 @@ from torch import nn
 
 from anomem.encoder import CifarResNet
 from anomem.memory import HopfieldMemory
-from anomem.params import MemoryParams, ModelParams
+from anomem.params import MemoryParams, ModelParams, Params
 
 # Inputs are [0, 1] images; a fixed affine map keeps the model independent of the data set's statistics.
 _INPUT_MEAN, _INPUT_STD = 0.5, 0.25
 
 
+ROTATIONS = 4  # 0, 90, 180 and 270 degrees
+
+
+def rotate(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
+    """Turn each image x[i] (NCHW, square) by quarter_turns[i] x 90 degrees."""
+    out = x.clone()
+    for k in range(1, ROTATIONS):
+        pick = (quarter_turns == k).nonzero().flatten().to(x.device)
+        if pick.numel():
+            out[pick] = torch.rot90(x[pick], k, dims=(2, 3))
+    return out
+
+
 class AnoMemNet(nn.Module):
-    def __init__(self, model: ModelParams, memory: MemoryParams):
+    """`memory.enabled: false` builds the plain SimCLR network: no memories, and D_s is F_s itself."""
+
+    def __init__(self, model: ModelParams, memory: MemoryParams, rotation_head: bool = False):
         super().__init__()
         self.encoder = CifarResNet(model.arch, model.width)
-        self.scales = sorted(memory.scales)
-        self.memories = nn.ModuleDict(
-            {str(s): HopfieldMemory(memory.size, self.encoder.channels[s], memory.beta) for s in self.scales}
-        )
+        self.map_scales = sorted(memory.scales)
+        self.scales = self.map_scales if memory.enabled else []
+        self.memories = nn.ModuleDict({str(s): HopfieldMemory(memory.size, self.encoder.channels[s], memory.beta) for s in self.scales})
         d = self.encoder.out_dim
-        self.projector = nn.Sequential(nn.Linear(d, d, bias=False), nn.BatchNorm1d(d), nn.ReLU(inplace=True), nn.Linear(d, model.proj_dim))
+        self.projector = nn.Sequential(
+            nn.Linear(d, d, bias=False),
+            nn.BatchNorm1d(d),
+            nn.ReLU(inplace=True),
+            nn.Linear(d, model.proj_dim),
+        )
+        self.rotation_head = nn.Linear(d, ROTATIONS) if rotation_head else None
+
+    @classmethod
+    def from_params(cls, params: Params) -> AnoMemNet:
+        return cls(
+            params.model,
+            params.memory,
+            rotation_head=params.contrastive.rotation_weight > 0,
+        )
 
     def memory(self, scale: int) -> HopfieldMemory:
         return self.memories[str(scale)]
@@ -46,7 +76,7 @@ class AnoMemNet(nn.Module):
         first = self.scales[0]
         h = self.memory(first)(feats[first])
         if first < self.encoder.num_stages:
-            hook = lambda s, f: self.memory(s)(f) if s in self.scales else f  # noqa: E731
+            hook = lambda s, f: self.memory(s)(f) if s in self.scales else f
             h = self.encoder.run_stages(h, first + 1, hook)[self.encoder.num_stages]
         return self.project(h.float().mean((2, 3)))
 
@@ -60,7 +90,17 @@ class AnoMemNet(nn.Module):
 
     @torch.no_grad()
     def deviation(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """D_s = F_s - read(F_s) for every memory scale, and the pooled feature (for the kNN reference)."""
+        """D_s = F_s - read(F_s) at every map scale (F_s without memories), and the pooled feature (kNN)."""
         feats = self.features(x)
-        maps = {s: feats[s] - self.memory(s)(feats[s]) for s in self.scales}
+        maps = {s: feats[s] - self.memory(s)(feats[s]) if self.scales else feats[s] for s in self.map_scales}
         return maps, self.pooled(feats)
+
+    @torch.no_grad()
+    def rotation_score(self, x: torch.Tensor) -> torch.Tensor:
+        """-mean_k log p(k | rot_k(x)) over the four rotations (GEOM / CSI's test-time ensemble); higher = more anomalous."""
+        total = torch.zeros(x.shape[0], device=x.device)
+        for k in range(ROTATIONS):
+            turns = torch.full((x.shape[0],), k)
+            logits = self.rotation_head(self.pooled(self.features(rotate(x, turns))))
+            total -= torch.log_softmax(logits.float(), dim=1)[:, k]
+        return total / ROTATIONS

@@ -11,18 +11,42 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from anomem.errors import ParamsError
 
 SETTINGS = ("one_class", "unbalanced")
 
 # Stages (feature-map scales) each architecture has: S1..S3 for the CIFAR ResNet-20 family, S1..S4 for ResNet-18/34.
-ARCH_STAGES = {"resnet20": 3, "resnet32": 3, "resnet44": 3, "resnet18": 4, "resnet34": 4}
+ARCH_STAGES = {
+    "resnet20": 3,
+    "resnet32": 3,
+    "resnet44": 3,
+    "resnet18": 4,
+    "resnet34": 4,
+}
 
 # Class names of the data sets the project knows; a folder of npz in the CIFAR layout may use either.
 DATASETS = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "cifar10": (
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ),
 }
 
 
@@ -40,7 +64,7 @@ class DataParams(_Group):
     split_seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _known_or_named(self) -> "DataParams":
+    def _known_or_named(self) -> DataParams:
         known = DATASETS.get(self.dataset)
         if known is None and len(self.class_names) < 2:
             raise ValueError(
@@ -71,8 +95,10 @@ class ModelParams(_Group):
 
 
 class MemoryParams(_Group):
+    enabled: bool = True  # false: the plain SimCLR baseline (no memories; D_s is F_s)
     scales: list[int] = Field(default_factory=lambda: [2, 3])
-    size: int = Field(256, ge=1, le=65536)
+    # >= 2: the variance term is a std over the items, undefined for one item.
+    size: int = Field(256, ge=2, le=65536)
     beta: float = Field(10.0, gt=0.0, le=1000.0)
     var_weight: float = Field(1.0, ge=0.0)
 
@@ -89,6 +115,7 @@ class MemoryParams(_Group):
 class ContrastiveParams(_Group):
     temperature: float = Field(0.2, gt=0.0, le=10.0)
     plain_weight: float = Field(1.0, ge=0.0)
+    rotation_weight: float = Field(0.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
     color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
@@ -128,6 +155,9 @@ class DetectorParams(_Group):
     weight_decay: float = Field(1e-6, ge=0.0)
     eta: float = Field(1.0, ge=0.0)
     eps: float = Field(1e-6, gt=0.0)
+    # one_class: maps of normal images turned by 90/180/270 degrees stand in for known anomalies (CSI's
+    # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
+    shifted_negatives: bool = False
     knn_k: int = Field(1, ge=1)
 
 
@@ -171,13 +201,11 @@ class Params(_Group):
     tracking: TrackingParams = TrackingParams()
 
     @model_validator(mode="after")
-    def _combinations(self) -> "Params":
+    def _combinations(self) -> Params:
         n_stages = ARCH_STAGES[self.model.arch]
         bad = [s for s in self.memory.scales if not 1 <= s <= n_stages]
         if bad:
-            raise ValueError(
-                f"memory.scales = {self.memory.scales}: {self.model.arch} has stages 1..{n_stages}, not {bad}"
-            )
+            raise ValueError(f"memory.scales = {self.memory.scales}: {self.model.arch} has stages 1..{n_stages}, not {bad}")
         n = self.data.num_classes
         bad = [c for c in self.experiment.classes if not 0 <= c < n]
         if bad:
@@ -215,7 +243,11 @@ def _format_error(err: dict, raw: dict, source: str) -> str:
         return f"{source}: unknown key '{key}'{hint} Allowed here: {', '.join(allowed)}."
     value = raw
     for part in loc:
-        value = value.get(part) if isinstance(value, dict) else (value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None)
+        value = (
+            value.get(part)
+            if isinstance(value, dict)
+            else (value[part] if isinstance(value, list) and isinstance(part, int) and part < len(value) else None)
+        )
     msg = err["msg"].removeprefix("Value error, ")
     if not key:  # a combination of groups
         return f"{source}: {msg}"
@@ -255,6 +287,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def uses_shifted_negatives(params: Params, setting: str) -> bool:
+    """Whether a pair's detector trains with turned copies of the normal images as known anomalies."""
+    return params.detector.shifted_negatives and setting == "one_class"
 
 
 def pair_id(cls: int, setting: str, seed: int) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.metrics import roc_curve
 
 
 def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str):
@@ -19,7 +19,13 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str):
         fpr, tpr, _ = roc_curve(labels, scores)
         ax.plot(fpr, tpr, lw=1, label=name)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=title,
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
     ax.legend(fontsize=7, loc="lower right")
     return fig
 
@@ -37,10 +43,21 @@ def histogram_figure(labels: np.ndarray, scores: Mapping[str, np.ndarray], title
     return fig
 
 
-def heatmap_figure(images: np.ndarray, maps: Mapping[int, np.ndarray], scores: Sequence[float], captions: Sequence[str], title: str):
+def heatmap_figure(
+    images: np.ndarray,
+    maps: Mapping[int, np.ndarray],
+    scores: Sequence[float],
+    captions: Sequence[str],
+    title: str,
+):
     """images: (K, H, W, 3) uint8; maps: scale -> (K, h, w) energy ||D_s||^2 per location."""
     scales = sorted(maps)
-    fig, axes = plt.subplots(len(images), 1 + len(scales), figsize=(1.9 * (1 + len(scales)), 1.9 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(images),
+        1 + len(scales),
+        figsize=(1.9 * (1 + len(scales)), 1.9 * len(images)),
+        squeeze=False,
+    )
     for i, img in enumerate(images):
         axes[i, 0].imshow(img)
         axes[i, 0].set_title(f"{captions[i]}\nscore {scores[i]:.3g}", fontsize=7)

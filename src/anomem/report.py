@@ -9,27 +9,63 @@ PUBLISHED = {
     "CSI (ResNet-18)": 94.3,
     "PANDA (ImageNet-pretrained)": 96.2,
 }
-SCORES = ("detector", "deviation", "knn")
+# Every score a pair can have, headline first: `combined` (detector + rotation) exists only with a rotation head.
+SCORES = ("combined", "detector", "rotation", "deviation", "knn")
+SCORE_NOTES = {
+    "combined": "detector + rotation, each standardised on the normal validation images",
+    "detector": "the anomaly distance detector on the deviation maps",
+    "rotation": "the rotation head's loss over the four turns of the image",
+    "deviation": "the deviation maps' weighted energy, no training",
+    "knn": "cosine distance of the pooled feature to its nearest normal training feature",
+}
+
+
+def available_scores(names) -> list[str]:
+    """The scores among `names`, in SCORES order (the headline first)."""
+    return [s for s in SCORES if s in names]
 
 
 def summary_markdown(metrics: dict, changed_params: dict[str, tuple], seeds: list[int]) -> str:
-    lines = ["# AnoMem results", "", f"AUROC in %, mean over seeds {seeds}; ± is the std over seeds (per class) or over classes (mean row).", ""]
+    scores = available_scores(next(iter(next(iter(metrics["classes"].values())).values())))
+    lines = [
+        "# AnoMem results",
+        "",
+        f"AUROC in %, mean over seeds {seeds}; ± is the std over seeds (per class) or over classes (mean row).",
+        "",
+    ]
+    lines += [f"- **{s}**{' (the headline)' if i == 0 else ''}: {SCORE_NOTES[s]}" for i, s in enumerate(scores)] + [""]
     for setting, by_class in metrics["classes"].items():
-        lines += [f"## {setting}", "", "| class | " + " | ".join(SCORES) + " |", "|---|" + "---|" * len(SCORES)]
-        for name, scores in by_class.items():
+        lines += [
+            f"## {setting}",
+            "",
+            "| class | " + " | ".join(scores) + " |",
+            "|---|" + "---|" * len(scores),
+        ]
+        for name, by_score in by_class.items():
             cells = []
-            for s in SCORES:
-                e = scores[s]
+            for s in scores:
+                e = by_score[s]
                 cells.append(f"{100 * e['auroc']:.1f}" + (f" ± {100 * e['auroc_seed_std']:.1f}" if "auroc_seed_std" in e else ""))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         mean = metrics["mean"][setting]
-        lines.append("| **mean** | " + " | ".join(f"**{100 * mean[s]['auroc']:.1f}** ± {100 * mean[s]['auroc_class_std']:.1f}" for s in SCORES) + " |")
+        lines.append(
+            "| **mean** | "
+            + " | ".join(f"**{100 * mean[s]['auroc']:.1f}** ± {100 * mean[s]['auroc_class_std']:.1f}" for s in scores)
+            + " |"
+        )
         lines.append("")
-    lines += ["## Published one-class CIFAR-10 AUROC (not measured here)", "", "| method | AUROC |", "|---|---|"]
+    lines += [
+        "## Published one-class CIFAR-10 AUROC (not measured here)",
+        "",
+        "| method | AUROC |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.1f} |" for k, v in PUBLISHED.items()]
     lines += ["", "## Params that differ from the defaults", ""]
     if changed_params:
-        lines += ["| param | default | here |", "|---|---|---|"] + [f"| `{k}` | {a} | {b} |" for k, (a, b) in sorted(changed_params.items())]
+        lines += ["| param | default | here |", "|---|---|---|"] + [
+            f"| `{k}` | {a} | {b} |" for k, (a, b) in sorted(changed_params.items())
+        ]
     else:
         lines.append("None: this is the default CPU profile.")
     return "\n".join(lines) + "\n"

@@ -1,11 +1,13 @@
-"""What every stage script shares: its command-line arguments, checked against params."""
+"""What every stage script shares: its command-line arguments, checked against params, and the per-pair preamble."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
 from anomem.errors import ParamsError
-from anomem.params import SETTINGS, load_params
+from anomem.params import SETTINGS, Params, load_params, pair_id
+from anomem.runtime import Runtime, make_runtime, seed_everything
 
 
 def stage_arguments(description: str | None, pair: bool = True, argv: list[str] | None = None) -> argparse.Namespace:
@@ -23,3 +25,20 @@ def stage_arguments(description: str | None, pair: bool = True, argv: list[str] 
         if not 0 <= args.cls < params.data.num_classes:
             raise ParamsError(f"--cls {args.cls}: {params.data.dataset} has class indices 0..{params.data.num_classes - 1}")
     return args
+
+
+@dataclass(frozen=True)
+class PairStage:
+    args: argparse.Namespace
+    params: Params
+    pair: str
+    runtime: Runtime
+
+
+def pair_stage(description: str | None) -> PairStage:
+    """The preamble of a per-pair stage: arguments, validated params, the pair's name, the device, the seed."""
+    args = stage_arguments(description)
+    params = load_params(args.params)
+    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    seed_everything(args.seed)
+    return PairStage(args, params, pair_id(args.cls, args.setting, args.seed), runtime)

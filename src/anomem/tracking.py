@@ -21,8 +21,9 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from anomem.errors import TrackingError
 from anomem.params import Params, flatten
@@ -81,32 +82,57 @@ class Tracker:
 
         flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
         for i in range(0, len(flat), 100):
-            self._call("log params", lambda chunk=flat[i : i + 100]: self.client.log_batch(self.run_id, params=chunk))
+            self._call(
+                "log params",
+                lambda chunk=flat[i : i + 100]: self.client.log_batch(self.run_id, params=chunk),
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in flatten(metrics).items() if isinstance(v, numbers.Real) and not isinstance(v, bool)]
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in flatten(metrics).items()
+            if isinstance(v, numbers.Real) and not isinstance(v, bool)
+        ]
         for i in range(0, len(items), 500):
-            self._call("log metrics", lambda chunk=items[i : i + 500]: self.client.log_batch(self.run_id, metrics=chunk))
+            self._call(
+                "log metrics",
+                lambda chunk=items[i : i + 500]: self.client.log_batch(self.run_id, metrics=chunk),
+            )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        self._call("set tags", lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        self._call(
+            "set tags",
+            lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+        )
 
     def log_figure(self, fig, artifact_file: str) -> None:
-        self._call("log figure", lambda: self.client.log_figure(self.run_id, fig, artifact_file))
+        self._call(
+            "log figure",
+            lambda: self.client.log_figure(self.run_id, fig, artifact_file),
+        )
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("end the run", lambda: self.client.set_terminated(self.run_id, status))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log artifact", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        self._call(
+            "log artifact",
+            lambda: self.client.log_artifact(self.run_id, str(path), artifact_path),
+        )
 
 
-def _retry(what: str, fn: Callable[[], Any], retries: int, continue_on_failure: bool, on_give_up: Callable[[], None] | None = None) -> Any:
+def _retry(
+    what: str,
+    fn: Callable[[], Any],
+    retries: int,
+    continue_on_failure: bool,
+    on_give_up: Callable[[], None] | None = None,
+) -> Any:
     delay = 0.5
     for attempt in range(retries + 1):
         try:
@@ -118,8 +144,16 @@ def _retry(what: str, fn: Callable[[], Any], retries: int, continue_on_failure: 
                 continue
             message = f"MLflow store {tracking_uri()} failed to {what} after {retries + 1} tries: {type(exc).__name__}: {exc}"
             if not continue_on_failure:
-                raise TrackingError(message + " (set tracking.continue_on_failure: true to go on without it, or tracking.enabled: false)") from None
-            warnings.warn("\n" + "!" * 72 + f"\nTRACKING DISABLED FOR THIS STAGE: {message}\nResults are still written to data/ and reports/.\n" + "!" * 72, stacklevel=2)
+                raise TrackingError(
+                    message + " (set tracking.continue_on_failure: true to go on without it, or tracking.enabled: false)"
+                ) from None
+            warnings.warn(
+                "\n"
+                + "!" * 72
+                + f"\nTRACKING DISABLED FOR THIS STAGE: {message}\nResults are still written to data/ and reports/.\n"
+                + "!" * 72,
+                stacklevel=2,
+            )
             print(f"anomem: WARNING: tracking disabled: {message}", file=sys.stderr)
             if on_give_up is not None:
                 on_give_up()
@@ -162,10 +196,27 @@ def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | N
     def open_runs():
         client, exp_id = _open_client(params)
         key = experiment_key(params)
-        parent = _find_or_create(client, exp_id, {"anomem.level": "experiment", "anomem.key": key}, f"exp {key}", None)
+        parent = _find_or_create(
+            client,
+            exp_id,
+            {"anomem.level": "experiment", "anomem.key": key},
+            f"exp {key}",
+            None,
+        )
         if pair is not None:
-            parent = _find_or_create(client, exp_id, {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair}, pair, parent)
-        tags = {"anomem.level": "stage", "anomem.key": key, "anomem.stage": stage, "mlflow.parentRunId": parent}
+            parent = _find_or_create(
+                client,
+                exp_id,
+                {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair},
+                pair,
+                parent,
+            )
+        tags = {
+            "anomem.level": "stage",
+            "anomem.key": key,
+            "anomem.stage": stage,
+            "mlflow.parentRunId": parent,
+        }
         if pair is not None:
             tags["anomem.pair"] = pair
         run_id = client.create_run(exp_id, run_name=f"{stage}" + (f" {pair}" if pair else ""), tags=tags).info.run_id
@@ -178,7 +229,14 @@ def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | N
     client, run_id, parent = opened
     tracker = Tracker(client, run_id, t.retries, t.continue_on_failure)
     commit = git_commit(project_root())
-    tracker.set_tags({"git_commit": commit, "seed": seed if seed is not None else "", "dvc_exp": os.environ.get("DVC_EXP_NAME", ""), **{f"version.{k}": v for k, v in environment().items()}})
+    tracker.set_tags(
+        {
+            "git_commit": commit,
+            "seed": seed if seed is not None else "",
+            "dvc_exp": os.environ.get("DVC_EXP_NAME", ""),
+            **{f"version.{k}": v for k, v in environment().items()},
+        }
+    )
     tracker.log_params(params.to_dict())
     status = "FAILED"
     try:
@@ -199,10 +257,22 @@ def parent_tracker(params: Params, pair: str | None = None) -> Tracker:
     def find():
         client, exp_id = _open_client(params)
         key = experiment_key(params)
-        parent = _find_or_create(client, exp_id, {"anomem.level": "experiment", "anomem.key": key}, f"exp {key}", None)
+        parent = _find_or_create(
+            client,
+            exp_id,
+            {"anomem.level": "experiment", "anomem.key": key},
+            f"exp {key}",
+            None,
+        )
         if pair is None:
             return client, parent
-        return client, _find_or_create(client, exp_id, {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair}, pair, parent)
+        return client, _find_or_create(
+            client,
+            exp_id,
+            {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair},
+            pair,
+            parent,
+        )
 
     found = _retry("find the parent run", find, t.retries, t.continue_on_failure)
     if found is None:

@@ -1,0 +1,177 @@
+"""The benchmark suite: `python -m benchmarks` writes reports/benchmarks.json and reports/benchmarks.md.
+
+Each figure stands beside its baseline, measured in the same run, on real images of the params' data set:
+- stage-1 images/s of the full step (memory path, rotation head) against the same encoder's plain
+  contrastive step (`memory.enabled: false`, no rotation);
+- the augmentation pipeline's images/s against what the model consumes;
+- the grid's wall time, per-stage times, peak memory and disk, from reports/benchmarks/grid.json
+  (written by `python -m benchmarks.grid`, which runs `dvc repro`);
+- the plain SimCLR + kNN accuracy baseline, from reports/benchmarks/plain_baseline.json
+  (written by `python -m benchmarks.plain_baseline`), beside the grid's reports/metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from anomem import io
+from anomem.data import ContrastiveViews, to_float
+from anomem.macl import train_macl
+from anomem.model import AnoMemNet
+from anomem.params import Params, load_params
+from anomem.runtime import environment, git_commit, make_runtime, seed_everything
+from benchmarks.common import load_class_images, variant
+
+REPORTS = Path("reports")
+GRID = REPORTS / "benchmarks" / "grid.json"
+PLAIN = REPORTS / "benchmarks" / "plain_baseline.json"
+MEMORY_BUDGET = 0.20  # the issue's target: memory and data pipeline cost at most 20 % of the plain step
+
+
+def step_throughput(params: Params, images: torch.Tensor, epochs: int = 2) -> dict:
+    """Images/s of the stage-1 loop (augmentation included) in its last epoch, after a warm-up epoch."""
+    seed_everything(0)
+    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    net = AnoMemNet.from_params(params)
+    tuned = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs, "warmup_epochs": 0})})
+    history = train_macl(net, images, None, tuned, runtime, seed=0, progress=False)
+    return {"images_per_second": history[-1]["images_per_second"], "epoch_seconds": history[-1]["epoch_seconds"]}
+
+
+def augmentation_throughput(params: Params, images: torch.Tensor, repeats: int = 5) -> float:
+    """Views per second of the kornia pipeline on whole batches (two views per image in training)."""
+    c = params.contrastive
+    views = ContrastiveViews(tuple(images.shape[1:3]), c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p)
+    batch = to_float(images[: params.train.batch_size])
+    views(batch)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        views(batch)
+    return repeats * batch.shape[0] / (time.perf_counter() - began)
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def markdown(result: dict) -> str:
+    s = result["stage1"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `python -m benchmarks` at git {result['git_commit'][:10]} on {result['environment'].get('cpu', 'this machine')}, "
+        f"torch {result['environment'].get('torch')}, {result['threads']} threads. Every figure beside its baseline, measured in the same run.",
+        "",
+        "## Stage-1 step (batch {b}, {n} images of class {c})".format(b=s["batch_size"], n=s["images"], c=s["class"]),
+        "",
+        "| step | images/s | cost over the plain step |",
+        "|---|---|---|",
+    ]
+    plain = s["plain"]["images_per_second"]
+    for name in ("plain", "memory", "memory_rotation"):
+        v = s[name]["images_per_second"]
+        lines.append(f"| {name} | {v:.0f} | {plain / v - 1:+.0%} |")
+    lines += [
+        "",
+        f"Target: the memory and the data pipeline cost at most {MEMORY_BUDGET:.0%} of the plain step. "
+        f"Measured: {s['memory_overhead']:.0%} ({'met' if s['memory_overhead'] <= MEMORY_BUDGET else 'NOT met'}).",
+        "",
+        "## Augmentation",
+        "",
+        f"kornia views of whole batches: {result['augmentation']['views_per_second']:.0f} views/s, against "
+        f"{result['augmentation']['views_consumed_per_second']:.0f} views/s that the full step consumes "
+        f"({result['augmentation']['share_of_step']:.0%} of the step's time).",
+        "",
+    ]
+    g = result.get("grid")
+    if g:
+        lines += [
+            "## The default grid (`python -m benchmarks.grid`)",
+            "",
+            f"Wall time {g['wall_seconds'] / 60:.1f} min (exit {g['exit_code']}); peak memory of one process "
+            f"{g['peak_rss_bytes_one_process'] / 2**30:.2f} GiB, of all processes together {g['peak_rss_bytes_all_processes'] / 2**30:.2f} GiB.",
+            "",
+            "| stage | runs | mean s | total min |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {k} | {v['count']} | {v['mean']:.1f} | {v['total'] / 60:.1f} |" for k, v in g["stage_seconds_summary"].items()]
+        d = g["disk_bytes"]
+        lines += [
+            "",
+            "Disk: "
+            + ", ".join(f"`{k}` {v / 2**30:.2f} GiB" for k, v in d.items() if k != "total_without_second_copies")
+            + f"; together, hard links counted once: {d.get('total_without_second_copies', 0) / 2**30:.2f} GiB"
+            + f" (cache.type `{g['dvc_cache_type'] or 'default'}`).",
+            "",
+        ]
+    p, m = result.get("plain_baseline"), result.get("default_metrics")
+    if p and m:
+        ours = m["mean"]["one_class"]
+        lines += [
+            "## Accuracy: the default profile against plain SimCLR + kNN",
+            "",
+            f"Plain run: `memory.enabled: false`, no rotation, {p['epochs']} epochs "
+            f"({p['mean_train_seconds']:.0f} s of training per class, against {p.get('default_train_seconds', float('nan')):.0f} s for the default).",
+            "",
+            "| class | plain kNN | " + " | ".join(k for k in ours) + " |",
+            "|---|---|" + "---|" * len(ours),
+        ]
+        for name, auroc in p["auroc"].items():
+            row = m["classes"]["one_class"].get(name, {})
+            lines.append(
+                f"| {name} | {100 * auroc:.1f} | " + " | ".join(f"{100 * row[k]['auroc']:.1f}" if k in row else "-" for k in ours) + " |"
+            )
+        lines.append(
+            f"| **mean** | **{100 * p['mean_auroc']:.1f}** | " + " | ".join(f"**{100 * v['auroc']:.1f}**" for v in ours.values()) + " |"
+        )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--cls", type=int, default=0, help="class whose images feed the step benchmarks")
+    parser.add_argument("--images", type=int, default=2048, help="images per epoch in the step benchmarks")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    images = torch.from_numpy(load_class_images(params, args.cls)[: args.images])
+    rotation = params.contrastive.rotation_weight or 1.0
+    stage1 = {
+        "class": args.cls,
+        "images": int(images.shape[0]),
+        "batch_size": params.train.batch_size,
+        "plain": step_throughput(variant(params, memory_enabled=False, rotation_weight=0.0), images),
+        "memory": step_throughput(variant(params, memory_enabled=True, rotation_weight=0.0), images),
+        "memory_rotation": step_throughput(variant(params, memory_enabled=True, rotation_weight=rotation), images),
+    }
+    full = stage1["memory_rotation"]["images_per_second"]
+    stage1["memory_overhead"] = stage1["plain"]["images_per_second"] / full - 1
+    views_per_second = augmentation_throughput(params, images)
+    result = {
+        "git_commit": git_commit(),
+        "environment": environment(),
+        "threads": torch.get_num_threads(),
+        "stage1": stage1,
+        "augmentation": {
+            "views_per_second": views_per_second,
+            "views_consumed_per_second": 2 * full,
+            "share_of_step": 2 * full / views_per_second,
+        },
+        "grid": _read(GRID),
+        "plain_baseline": _read(PLAIN),
+        "default_metrics": _read(REPORTS / "metrics.json"),
+    }
+    io.write_json(REPORTS / "benchmarks.json", {k: v for k, v in result.items() if k != "default_metrics"})
+    io.write_text(REPORTS / "benchmarks.md", markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

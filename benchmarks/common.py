@@ -1,0 +1,35 @@
+"""What the benchmarks share: the prepared images of one class, and params variants."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from anomem import layout
+from anomem.errors import DataError
+from anomem.params import Params
+
+
+def load_split(cls: int, setting: str = "one_class") -> dict[str, np.ndarray]:
+    path = layout.split_file(cls, setting)
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `dvc repro prepare_data` first (the benchmarks read the prepared data)")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def load_class_images(params: Params, cls: int) -> np.ndarray:
+    """The normal training images of class `cls` (uint8 NHWC), from data/prepared."""
+    split = load_split(cls)
+    return np.ascontiguousarray(np.load(layout.images_file("train"), mmap_mode="r")[split["train_normal"]])
+
+
+def variant(params: Params, memory_enabled: bool | None = None, rotation_weight: float | None = None, epochs: int | None = None) -> Params:
+    """params with the memory switched, the rotation weight or the epochs replaced."""
+    memory, contrastive, train = params.memory, params.contrastive, params.train
+    if memory_enabled is not None:
+        memory = memory.model_copy(update={"enabled": memory_enabled})
+    if rotation_weight is not None:
+        contrastive = contrastive.model_copy(update={"rotation_weight": rotation_weight})
+    if epochs is not None:
+        train = train.model_copy(update={"epochs": epochs})
+    return params.model_copy(update={"memory": memory, "contrastive": contrastive, "train": train})
