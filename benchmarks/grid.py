@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -50,6 +51,13 @@ def disk_bytes(*paths: str) -> dict[str, int]:
     return {**{p: sizes.get(p, 0) for p in present}, "total_without_second_copies": sizes["total"]}
 
 
+def _dvc_cache_type() -> str | None:
+    dvc = shutil.which("dvc") or shutil.which("dvc", path=str(Path(sys.executable).parent))
+    if dvc is None:
+        return None
+    return subprocess.run([dvc, "config", "cache.type"], capture_output=True, text=True).stdout.strip() or "default (copy)"
+
+
 def run(command: list[str]) -> dict:
     began = time.time()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -85,7 +93,7 @@ def run(command: list[str]) -> dict:
         "stage_seconds": stages,
         "stage_seconds_summary": {k: {"count": len(v), "mean": sum(v) / len(v), "total": sum(v)} for k, v in by_kind.items()},
         "disk_bytes": disk_bytes("data", ".dvc/cache"),
-        "dvc_cache_type": subprocess.run(["dvc", "config", "cache.type"], capture_output=True, text=True).stdout.strip(),
+        "dvc_cache_type": _dvc_cache_type(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(end)),
     }
 

@@ -46,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--epochs", type=int, help="override the time-matched epoch count")
+    parser.add_argument("--classes", type=int, nargs="+", help="a subset of the params' classes (default: all of them)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    classes, seed = params.experiment.classes, params.experiment.seeds[0]
+    classes, seed = args.classes or params.experiment.classes, params.experiment.seeds[0]
     runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
     train_images = np.load(layout.images_file("train"), mmap_mode="r")
     test_images = np.load(layout.images_file("test"), mmap_mode="r")

@@ -88,6 +88,7 @@ def main() -> None:
         run.log_metrics({"mean": metrics["mean"]})
         run.log_artifact(layout.REPORTS / "summary.md")
     experiment_run = parent_tracker(params)
+    experiment_run.log_params(params.to_dict())  # so that two experiments compare side by side in the UI
     experiment_run.log_metrics({"mean": metrics["mean"]})
     experiment_run.finish()
     for setting, by_class in per_pair.items():

@@ -74,3 +74,14 @@ def test_resume_checkpoints_live_outside_every_out():
 def test_tracking_params_never_invalidate_a_stage():
     for name, stage in stages().items():
         assert not any(str(p).startswith("tracking") for p in stage.get("params", [])), name
+
+
+def test_params_are_leaf_keys_never_whole_groups():
+    """DVC's run cache ignores the values inside a group param (`- memory`): with DVC 3.67, `dvc exp run -S
+    memory.size=16` restored the outputs of memory size 32. So every stage lists leaf keys, and each is a real one."""
+    from anomem.params import Params
+
+    leaves = {f"{g}.{k}" for g, f in Params.model_fields.items() for k in f.annotation.model_fields}
+    for name, stage in stages().items():
+        for key in stage.get("params", []):
+            assert isinstance(key, str) and key in leaves, f"{name}: params entry {key!r} is not a leaf key of params.yaml"

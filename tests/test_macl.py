@@ -160,7 +160,9 @@ def test_rotation_head_learns_to_name_the_turn(cifar_train_slice):
     normal = torch.as_tensor(cifar_train_slice[0])  # all 1,000 images: 50 steps
     history = macl.train_macl(net, normal, None, p, RUNTIME, 0, progress=False)
     first, last = history[0], history[-1]
-    assert last["loss"] == pytest.approx(last["loss_memory"] + last["loss_plain"] + last["loss_variance"] + 5.0 * last["loss_rotation"], rel=1e-5)
+    assert last["loss"] == pytest.approx(
+        last["loss_memory"] + last["loss_plain"] + last["loss_variance"] + 5.0 * last["loss_rotation"], rel=1e-5
+    )
     # Chance is log 4 = 1.386: the head must have learnt something about which way is up.
     assert last["loss_rotation"] < first["loss_rotation"] and last["loss_rotation"] < math.log(4) - 0.03, [
         round(h["loss_rotation"], 3) for h in history

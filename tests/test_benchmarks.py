@@ -1,0 +1,84 @@
+"""The benchmark tools: the grid timer, ablation overrides and the report (the timed runs live in benchmarks/)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+from benchmarks import ablate, grid
+from benchmarks.__main__ import markdown
+
+from conftest import REPO
+
+CHILD = """
+import time
+print("Running stage 'prepare_data':", flush=True)
+time.sleep(0.5)
+print("Running stage 'train_detector@0-one_class-0':", flush=True)
+block = bytearray(300 * 2**20)  # 300 MiB, touched so that it is resident
+for i in range(0, len(block), 4096):
+    block[i] = 1
+time.sleep(1.0)
+"""
+
+
+def test_grid_timer_splits_stages_and_sees_peak_memory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "f").write_bytes(b"x" * 10_000)
+    result = grid.run([sys.executable, "-c", CHILD])
+    assert result["exit_code"] == 0
+    assert list(result["stage_seconds"]) == ["prepare_data", "train_detector@0-one_class-0"]
+    assert 0.4 < result["stage_seconds"]["prepare_data"] < 5
+    assert result["stage_seconds_summary"]["train_detector"]["count"] == 1
+    assert result["peak_rss_bytes_one_process"] > 300 * 2**20
+    assert result["disk_bytes"]["data"] >= 10_000
+
+
+def test_grid_timer_passes_a_failure_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert grid.run([sys.executable, "-c", "raise SystemExit(3)"])["exit_code"] == 3
+
+
+def test_ablation_overrides_parse_like_dvc_exp_run():
+    base = yaml.safe_load((REPO / "profiles" / "cpu.yaml").read_text())
+    out = ablate.overridden(base, ["memory.size=16", "experiment.classes=[2, 3]", "detector.shifted_negatives=false"])
+    assert out["memory"]["size"] == 16 and out["experiment"]["classes"] == [2, 3] and out["detector"]["shifted_negatives"] is False
+    assert base["memory"]["size"] == 64, "the base params must not change"
+    with pytest.raises(SystemExit, match="GROUP.KEY=VALUE"):
+        ablate.overridden(base, ["size=16"])
+
+
+def test_report_puts_each_figure_beside_its_baseline():
+    stage1 = {"class": 0, "images": 2048, "batch_size": 256, "memory_overhead": 0.5}
+    stage1.update(
+        {k: {"images_per_second": v, "epoch_seconds": 1.0} for k, v in (("plain", 300.0), ("memory", 220.0), ("memory_rotation", 200.0))}
+    )
+    result = {
+        "git_commit": "0123456789abcdef",
+        "environment": {"torch": "2.14.1"},
+        "threads": 2,
+        "stage1": stage1,
+        "augmentation": {"views_per_second": 8000.0, "views_consumed_per_second": 400.0, "share_of_step": 0.05},
+        "plain_baseline": {
+            "epochs": 7,
+            "mean_train_seconds": 120.0,
+            "default_train_seconds": 118.0,
+            "auroc": {"0_airplane": 0.64},
+            "mean_auroc": 0.64,
+        },
+        "default_metrics": {
+            "mean": {"one_class": {"combined": {"auroc": 0.7}}},
+            "classes": {"one_class": {"0_airplane": {"combined": {"auroc": 0.7}}}},
+        },
+    }
+    text = markdown(result)
+    assert "| plain | 300 | +0% |" in text and "| memory_rotation | 200 | +50% |" in text
+    assert "NOT met" in text
+    assert (
+        "| 0_airplane | 64.0 | 70.0 |" in text
+        and "| **mean** | **64.0** | **70.0** |" in text
+        and "+6.0 points" in text
+        and "NOT met" in text
+    )
