@@ -7,6 +7,11 @@ in a scratch folder that links this repo's data/prepared, so the grid's outputs 
 DVC experiment is needed. Tracking is off. The mean AUROC of each score lands in
 reports/ablations/<name>.json and is printed. Also the way to run the pipeline where DVC is absent
 (the GPU machine): `--keep DIR` keeps the scratch folder with every output.
+
+`--reuse-grid` does what DVC's cache would: a pair stage none of whose params (dvc.yaml) is overridden is
+not re-run; its output is linked from the committed grid in data/. That is allowed only where dvc.lock
+recorded the same values for every param of that stage and `dvc status` finds the stage up to date, so a
+detector-only row costs minutes instead of a re-training.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -23,11 +29,16 @@ from pathlib import Path
 import yaml
 
 from anomem import io, layout
-from anomem.params import flatten, parse_params
+from anomem.params import flatten, pair_id, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
 PAIR_STAGES = ("train_contrastive_memory", "extract_deviation_maps", "train_detector")
+OUTPUT_DIR = {
+    "train_contrastive_memory": layout.model_dir,
+    "extract_deviation_maps": layout.deviation_dir,
+    "train_detector": layout.scores_dir,
+}
 
 
 def overridden(base: dict, overrides: list[str]) -> dict:
@@ -42,8 +53,48 @@ def overridden(base: dict, overrides: list[str]) -> dict:
     return params
 
 
-def run_pipeline(params: dict, workdir: Path, prepare: bool = False) -> dict:
-    """Run every stage script in workdir for the params' grid; return reports/metrics.json."""
+def stage_params(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, set[str]]:
+    """The params each pair stage reads, as dvc.yaml lists them."""
+    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
+    return {name: set(stages[name].get("params", [])) for name in PAIR_STAGES}
+
+
+def stages_to_reuse(overrides: list[str], listed: dict[str, set[str]]) -> tuple[str, ...]:
+    """The pair stages before the first one that reads an overridden param (all of them when none does)."""
+    keys = {item.partition("=")[0] for item in overrides}
+    for i, name in enumerate(PAIR_STAGES):
+        if keys & listed[name]:
+            return PAIR_STAGES[:i]
+    return PAIR_STAGES
+
+
+def check_reusable(params: dict, stage_names: list[str], repo: Path = REPO) -> None:
+    """Fail unless the grid's outputs of these stage instances are what `params` would produce."""
+    lock_path = repo / "dvc.lock"
+    if not lock_path.exists():
+        raise SystemExit(f"--reuse-grid: {lock_path} is missing; run the grid (`dvc repro`) first")
+    lock = yaml.safe_load(lock_path.read_text()).get("stages", {})
+    flat = flatten(params)
+    for name in stage_names:
+        if name not in lock:
+            raise SystemExit(f"--reuse-grid: dvc.lock has no {name}; run the grid (`dvc repro`) first")
+        recorded = lock[name].get("params", {}).get("params.yaml", {})
+        differing = sorted(k for k, v in recorded.items() if flat.get(k) != v)
+        if differing:
+            raise SystemExit(f"--reuse-grid: the grid's {name} ran with other values of {', '.join(differing)}; drop --reuse-grid")
+    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stage_names], cwd=repo, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"--reuse-grid: `dvc status` failed, so the grid's outputs cannot be trusted:\n{done.stderr[-2000:]}")
+    changed = json.loads(done.stdout or "{}")
+    if changed:
+        raise SystemExit(f"--reuse-grid: these grid stages are not up to date: {', '.join(sorted(changed))}; run `dvc repro` first")
+
+
+def run_pipeline(params: dict, workdir: Path, prepare: bool = False, reuse: tuple[str, ...] = ()) -> dict:
+    """Run every stage script in workdir for the params' grid; return reports/metrics.json.
+
+    Pair stages named in `reuse` are not run: their outputs are linked from this repo's data/.
+    """
     parse_params(params, "the ablation's params")  # fail before any work
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -66,11 +117,18 @@ def run_pipeline(params: dict, workdir: Path, prepare: bool = False) -> dict:
         prepared.parent.mkdir(parents=True, exist_ok=True)
         prepared.symlink_to(REPO / layout.PREPARED)
     e = params["experiment"]
-    for setting in e["settings"]:
-        for cls in e["classes"]:
-            for seed in e["seeds"]:
-                for name in PAIR_STAGES:
-                    stage(name, "--cls", str(cls), "--setting", setting, "--seed", str(seed))
+    pairs = [(cls, setting, seed) for setting in e["settings"] for cls in e["classes"] for seed in e["seeds"]]
+    if reuse:
+        check_reusable(params, [f"{name}@{pair_id(*pair)}" for pair in pairs for name in reuse])
+    for cls, setting, seed in pairs:
+        for name in PAIR_STAGES:
+            if name in reuse:
+                linked = workdir / OUTPUT_DIR[name](pair_id(cls, setting, seed))
+                linked.parent.mkdir(parents=True, exist_ok=True)
+                linked.symlink_to(REPO / OUTPUT_DIR[name](pair_id(cls, setting, seed)))
+                print(f"  {name} --cls {cls} --setting {setting} --seed {seed}: reused from the grid", flush=True)
+            else:
+                stage(name, "--cls", str(cls), "--setting", setting, "--seed", str(seed))
     stage("evaluate")
     return json.loads((workdir / layout.REPORTS / "metrics.json").read_text())
 
@@ -84,17 +142,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="the row's name (default: from the overrides)")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temporary one)")
     parser.add_argument("--prepare", action="store_true", help="run prepare_data instead of linking data/prepared")
+    parser.add_argument("--reuse-grid", action="store_true", help="link the outputs of pair stages the overrides do not touch from data/")
     args = parser.parse_args(argv)
+    # a killed row unwinds like Ctrl-C: the running stage is stopped and the scratch folder removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     base = yaml.safe_load(Path(args.params).read_text())
     params = overridden(base, [f"experiment.classes={args.classes}", f"experiment.settings={args.settings}", *args.overrides])
     params.setdefault("tracking", {})["enabled"] = False
     name = args.name or ("+".join(o.replace("/", "_") for o in args.overrides) or "default")
+    reuse = stages_to_reuse(args.overrides, stage_params()) if args.reuse_grid else ()
+    if reuse and args.prepare:
+        raise SystemExit("--reuse-grid links the grid's outputs, which were made from data/prepared; drop --prepare")
     began = time.perf_counter()
     if args.keep:
-        metrics = run_pipeline(params, args.keep, args.prepare)
+        metrics = run_pipeline(params, args.keep, args.prepare, reuse)
     else:
         with tempfile.TemporaryDirectory(prefix="anomem-ablate-") as tmp:
-            metrics = run_pipeline(params, Path(tmp), args.prepare)
+            metrics = run_pipeline(params, Path(tmp), args.prepare, reuse)
     seconds = time.perf_counter() - began
     means = {setting: {score: v["auroc"] for score, v in by_score.items()} for setting, by_score in metrics["mean"].items()}
     per_class = {
@@ -102,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         for setting, by_class in metrics["classes"].items()
     }
     row = {"name": name, "overrides": args.overrides, "base": Path(args.params).name, "classes": args.classes, "seconds": seconds,
-           "mean_auroc": means, "class_auroc": per_class, "params": flatten(params)}  # fmt: skip
+           "reused_from_grid": list(reuse), "mean_auroc": means, "class_auroc": per_class, "params": flatten(params)}  # fmt: skip
     io.write_json(OUT / f"{name}.json", row)
     for setting, by_score in means.items():
         print(f"{name} [{setting}] " + ", ".join(f"{k} {100 * v:.1f}" for k, v in by_score.items()) + f"  ({seconds:.0f}s)")

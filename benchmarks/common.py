@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from anomem import layout
 from anomem.errors import DataError
+from anomem.macl import train_macl
+from anomem.model import AnoMemNet
 from anomem.params import Params
+from anomem.runtime import make_runtime, seed_everything
 
 
 def load_split(cls: int, setting: str = "one_class") -> dict[str, np.ndarray]:
@@ -33,3 +37,17 @@ def variant(params: Params, memory_enabled: bool | None = None, rotation_weight:
     if epochs is not None:
         train = train.model_copy(update={"epochs": epochs})
     return params.model_copy(update={"memory": memory, "contrastive": contrastive, "train": train})
+
+
+def step_throughput(params: Params, images: torch.Tensor, epochs: int = 4) -> dict:
+    """Images/s of the stage-1 loop (augmentation included): the median epoch after a warm-up epoch."""
+    seed_everything(0)
+    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    net = AnoMemNet.from_params(params)
+    tuned = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs, "warmup_epochs": 0})})
+    timed = train_macl(net, images, None, tuned, runtime, seed=0, progress=False)[1:]
+    return {
+        "images_per_second": float(np.median([h["images_per_second"] for h in timed])),
+        "epoch_seconds": float(np.median([h["epoch_seconds"] for h in timed])),
+        "timed_epochs": len(timed),
+    }

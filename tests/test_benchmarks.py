@@ -5,10 +5,12 @@ from __future__ import annotations
 import sys
 
 import pytest
+import torch
 import yaml
-from benchmarks import ablate, grid
+from benchmarks import ablate, grid, plain_baseline
 from benchmarks.__main__ import markdown
 
+from anomem.params import load_params
 from conftest import REPO
 
 CHILD = """
@@ -82,3 +84,34 @@ def test_report_puts_each_figure_beside_its_baseline():
         and "+6.0 points" in text
         and "NOT met" in text
     )
+
+
+def test_ablation_reuses_only_the_stages_no_override_reads():
+    listed = ablate.stage_params()
+    assert ablate.stages_to_reuse(["detector.epochs=100"], listed) == ("train_contrastive_memory", "extract_deviation_maps")
+    assert ablate.stages_to_reuse(["detector.shifted_negatives=false"], listed) == ("train_contrastive_memory",)
+    assert ablate.stages_to_reuse(["memory.size=16", "detector.epochs=1"], listed) == ()
+    assert ablate.stages_to_reuse([], listed) == ablate.PAIR_STAGES
+
+
+def test_ablation_refuses_to_reuse_outputs_made_with_other_params(tmp_path):
+    lock = {"stages": {"train_contrastive_memory@0-one_class-0": {"params": {"params.yaml": {"memory.size": 64, "train.epochs": 5}}}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    params = yaml.safe_load((REPO / "profiles" / "cpu.yaml").read_text())
+    params["train"]["epochs"] = 6
+    with pytest.raises(SystemExit, match="other values of train.epochs"):
+        ablate.check_reusable(params, ["train_contrastive_memory@0-one_class-0"], repo=tmp_path)
+    with pytest.raises(SystemExit, match="no extract_deviation_maps@0-one_class-0"):
+        ablate.check_reusable(params, ["extract_deviation_maps@0-one_class-0"], repo=tmp_path)
+    (tmp_path / "dvc.lock").unlink()
+    with pytest.raises(SystemExit, match="dvc.lock is missing"):
+        ablate.check_reusable(params, ["train_contrastive_memory@0-one_class-0"], repo=tmp_path)
+
+
+def test_plain_baseline_gets_the_default_stage_1_time_measured_in_the_same_run():
+    params = load_params(REPO / "profiles" / "smoke.yaml")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 32, "epochs": 3})})
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    timing = plain_baseline.matched_epochs(params, images)
+    assert timing["default_epoch_seconds"] > 0 and timing["plain_epoch_seconds"] > 0 and timing["probe_images"] == 64
+    assert timing["epochs"] == max(1, int(3 * timing["default_epoch_seconds"] / timing["plain_epoch_seconds"]))
