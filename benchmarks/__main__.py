@@ -67,8 +67,6 @@ def time_match(plain: dict) -> str:
             f"time-matched in the same run: a default epoch took {t['default_epoch_seconds']:.1f} s and a plain one "
             f"{t['plain_epoch_seconds']:.1f} s on {t['probe_images']} images"
         )
-    if plain.get("default_train_seconds"):
-        return f"matched to the {plain['default_train_seconds']:.0f} s of stage 1 that the grid's history.json recorded"
     return "epochs set by hand"
 
 

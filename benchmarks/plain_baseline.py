@@ -27,7 +27,7 @@ from anomem.metrics import score_metrics
 from anomem.model import AnoMemNet
 from anomem.params import Params, load_params
 from anomem.runtime import git_commit, make_runtime, seed_everything
-from benchmarks.common import load_split, step_throughput, variant
+from benchmarks.common import load_class_images, load_split, step_throughput, variant
 
 OUT = Path("reports/benchmarks/plain_baseline.json")
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = None
     epochs = args.epochs
     if epochs is None:
-        probe = torch.from_numpy(np.ascontiguousarray(train_images[load_split(classes[0])["train_normal"]][: args.probe_images]))
+        probe = torch.from_numpy(load_class_images(params, classes[0])[: args.probe_images])
         timing = matched_epochs(params, probe)
         epochs = timing["epochs"]
         print(
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         train_macl(net, normal, None, plain, runtime, seed, progress=False)
         seconds.append(time.perf_counter() - began)
-        _, bank = extract(net, train_images[split["train_normal"]], runtime, params.train.eval_batch_size, desc="bank")
+        _, bank = extract(net, normal, runtime, params.train.eval_batch_size, desc="bank")
         _, feats = extract(net, test_images, runtime, params.train.eval_batch_size, desc="test")
         name = f"{cls}_{params.data.names[cls]}"
         auroc[name] = score_metrics(split["test_labels"], knn_score(bank, feats, params.detector.knn_k))["auroc"]
