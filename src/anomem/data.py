@@ -167,8 +167,9 @@ def quarter_turned(images: np.ndarray, seed: int) -> np.ndarray:
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1]."""
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
+    if not isinstance(images, torch.Tensor):
+        images = torch.from_numpy(np.require(images, requirements="W"))  # copies only a read-only (memory-mapped) array
+    return images.permute(0, 3, 1, 2).float().div_(255.0)
 
 
 class ContrastiveViews(nn.Module):

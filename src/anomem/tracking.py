@@ -185,6 +185,26 @@ def _open_client(params: Params):
         return client, client.get_experiment_by_name(params.tracking.experiment_name).experiment_id
 
 
+def _parent_run(client, experiment_id: str, key: str, pair: str | None) -> str:
+    """The experiment run of `key`, or its pair run when `pair` is given; made on first use."""
+    parent = _find_or_create(
+        client,
+        experiment_id,
+        {"anomem.level": "experiment", "anomem.key": key},
+        f"exp {key}",
+        None,
+    )
+    if pair is None:
+        return parent
+    return _find_or_create(
+        client,
+        experiment_id,
+        {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair},
+        pair,
+        parent,
+    )
+
+
 @contextlib.contextmanager
 def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | None = None) -> Iterator[Tracker]:
     """A run for one stage execution, nested under its experiment (and pair) run. A no-op when tracking is off."""
@@ -196,21 +216,7 @@ def stage_run(params: Params, stage: str, pair: str | None = None, seed: int | N
     def open_runs():
         client, exp_id = _open_client(params)
         key = experiment_key(params)
-        parent = _find_or_create(
-            client,
-            exp_id,
-            {"anomem.level": "experiment", "anomem.key": key},
-            f"exp {key}",
-            None,
-        )
-        if pair is not None:
-            parent = _find_or_create(
-                client,
-                exp_id,
-                {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair},
-                pair,
-                parent,
-            )
+        parent = _parent_run(client, exp_id, key, pair)
         tags = {
             "anomem.level": "stage",
             "anomem.key": key,
@@ -256,23 +262,7 @@ def parent_tracker(params: Params, pair: str | None = None) -> Tracker:
 
     def find():
         client, exp_id = _open_client(params)
-        key = experiment_key(params)
-        parent = _find_or_create(
-            client,
-            exp_id,
-            {"anomem.level": "experiment", "anomem.key": key},
-            f"exp {key}",
-            None,
-        )
-        if pair is None:
-            return client, parent
-        return client, _find_or_create(
-            client,
-            exp_id,
-            {"anomem.level": "pair", "anomem.key": key, "anomem.pair": pair},
-            pair,
-            parent,
-        )
+        return client, _parent_run(client, exp_id, experiment_key(params), pair)
 
     found = _retry("find the parent run", find, t.retries, t.continue_on_failure)
     if found is None:
