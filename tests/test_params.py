@@ -223,22 +223,22 @@ def test_dataset_name_pattern():
 # ---- files ----------------------------------------------------------------------------------------
 
 
-def test_load_params_invalid_yaml(tmp_path):
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("memory:\n  size: [1, 2\n  beta: 3\n", ["not valid YAML"]),
+        ("- data\n- model\n", ["expected a mapping", "list"]),
+    ],
+    ids=["invalid-yaml", "not-a-mapping"],
+)
+def test_load_params_unreadable_file_names_the_file(tmp_path, text, expected):
     f = tmp_path / "params.yaml"
-    f.write_text("memory:\n  size: [1, 2\n  beta: 3\n")
+    f.write_text(text)
     with pytest.raises(ParamsError) as info:
         load_params(f)
     assert str(f) in str(info.value)
-    assert "not valid YAML" in str(info.value)
-
-
-def test_load_params_non_mapping_file(tmp_path):
-    f = tmp_path / "params.yaml"
-    f.write_text("- data\n- model\n")
-    with pytest.raises(ParamsError) as info:
-        load_params(f)
-    assert str(f) in str(info.value)
-    assert "expected a mapping" in str(info.value) and "list" in str(info.value)
+    for words in expected:
+        assert words in str(info.value)
 
 
 def test_load_params_missing_file(tmp_path):

@@ -25,24 +25,18 @@ def _isolated_env(monkeypatch, tmp_path):
 # ---- where the store is -----------------------------------------------------------------------------
 
 
-def test_project_root_from_dvc_temp_workspace(monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", "/x/repo/.dvc/tmp/exps/tmpabc")
-    assert tracking.project_root() == Path("/x/repo")
-
-
-def test_project_root_deeper_inside_temp_workspace(monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", "/x/repo/.dvc/tmp/exps/tmpabc/sub/dir")
-    assert tracking.project_root() == Path("/x/repo")
-
-
-def test_project_root_plain(monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", "/x/repo")
-    assert tracking.project_root() == Path("/x/repo")
-
-
-def test_project_root_partial_marker_is_not_a_temp_workspace(monkeypatch):
-    monkeypatch.setenv("DVC_ROOT", "/x/repo/.dvc/tmp/other")
-    assert tracking.project_root() == Path("/x/repo/.dvc/tmp/other")
+@pytest.mark.parametrize(
+    "dvc_root, expected",
+    [
+        ("/x/repo/.dvc/tmp/exps/tmpabc", "/x/repo"),  # a dvc exp --temp/--queue workspace
+        ("/x/repo/.dvc/tmp/exps/tmpabc/sub/dir", "/x/repo"),
+        ("/x/repo", "/x/repo"),
+        ("/x/repo/.dvc/tmp/other", "/x/repo/.dvc/tmp/other"),  # not an exps workspace
+    ],
+)
+def test_project_root_from_dvc_root(monkeypatch, dvc_root, expected):
+    monkeypatch.setenv("DVC_ROOT", dvc_root)
+    assert tracking.project_root() == Path(expected)
 
 
 def test_project_root_without_dvc_root_is_cwd(tmp_path):
