@@ -114,10 +114,10 @@ def markdown(result: dict) -> str:
         d = g["disk_bytes"]
         lines += [
             "",
-            "Disk: "
+            "Disk, each on its own: "
             + ", ".join(f"`{k}` {v / 2**30:.2f} GiB" for k, v in d.items() if k != "total_without_second_copies")
             + f"; together, hard links counted once: {d.get('total_without_second_copies', 0) / 2**30:.2f} GiB"
-            + f" (cache.type `{g['dvc_cache_type'] or 'default'}`).",
+            + f" (cache.type `{g['dvc_cache_type'] or 'default'}`; the cache also keeps earlier runs' outputs until `dvc gc`).",
             "",
         ]
     p, m = result.get("plain_baseline"), result.get("default_metrics")

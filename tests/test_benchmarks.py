@@ -38,6 +38,19 @@ def test_grid_timer_splits_stages_and_sees_peak_memory(tmp_path, monkeypatch):
     assert result["disk_bytes"]["data"] >= 10_000
 
 
+def test_disk_counts_each_folder_alone_and_a_hard_link_once_together(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("data", ".dvc/cache"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / ".dvc/cache/linked").write_bytes(b"x" * 100_000)
+    (tmp_path / "data/linked").hardlink_to(tmp_path / ".dvc/cache/linked")
+    (tmp_path / ".dvc/cache/old").write_bytes(b"y" * 50_000)
+    disk = grid.disk_bytes(*grid.DISK_PATHS)
+    assert 100_000 <= disk["data"] < 150_000
+    assert 150_000 <= disk[".dvc/cache"] < 200_000
+    assert disk["total_without_second_copies"] == disk[".dvc/cache"] + (disk["data"] - 100_000)
+
+
 def test_grid_timer_passes_a_failure_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert grid.run([sys.executable, "-c", "raise SystemExit(3)"])["exit_code"] == 3
