@@ -4,6 +4,7 @@ Each figure stands beside its baseline, measured in the same run, on real images
 - stage-1 images/s of the full step (memory path, rotation head) against the same encoder's plain
   contrastive step (`memory.enabled: false`, no rotation);
 - the augmentation pipeline's images/s against what the model consumes;
+- each memory's read (forward + backward on one step's feature maps), fused against softmax then matmul;
 - the grid's wall time, per-stage times, peak memory and disk, from reports/benchmarks/grid.json
   (written by `python -m benchmarks.grid`, which runs `dvc repro`);
 - the plain SimCLR + kNN accuracy baseline, from reports/benchmarks/plain_baseline.json
@@ -23,6 +24,8 @@ import torch
 
 from anomem import io
 from anomem.data import ContrastiveViews, to_float
+from anomem.memory import HopfieldMemory
+from anomem.model import AnoMemNet
 from anomem.params import Params, load_params
 from anomem.runtime import environment, git_commit
 from benchmarks.common import load_class_images, step_throughput, variant
@@ -43,6 +46,34 @@ def augmentation_throughput(params: Params, images: torch.Tensor, repeats: int =
     for _ in range(repeats):
         views(batch)
     return repeats * batch.shape[0] / (time.perf_counter() - began)
+
+
+def _softmax_then_matmul(memory: HopfieldMemory, fmap: torch.Tensor) -> torch.Tensor:
+    """The read as method.md writes it, with the (B*H*W, N) attention kept for autograd."""
+    b, c, h, w = fmap.shape
+    return (memory.attention(fmap) @ memory.items).view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def memory_read_seconds(params: Params, images: torch.Tensor, repeats: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds of forward + backward of each scale's read on one step's maps (2 x batch views)."""
+    net = AnoMemNet.from_params(variant(params, memory_enabled=True))
+    x = to_float(images[: 2 * params.train.batch_size]).contiguous(memory_format=torch.channels_last)
+    net.init_memories(x)
+    with torch.no_grad():
+        feats = net.features(x)
+    reads = {"fused": lambda m, f: m(f), "softmax_then_matmul": _softmax_then_matmul}
+    out: dict[str, dict[str, float]] = {}
+    for s in net.scales:
+        fmap = feats[s].detach().requires_grad_()
+        out[str(s)] = {}
+        for name, read in reads.items():
+            seconds = []
+            for _ in range(repeats + 1):  # the first is a warm-up
+                began = time.perf_counter()
+                read(net.memory(s), fmap).square().mean().backward()
+                seconds.append(time.perf_counter() - began)
+            out[str(s)][name] = float(np.median(seconds[1:]))
+    return out
 
 
 def cpu_model() -> str:
@@ -92,6 +123,17 @@ def markdown(result: dict) -> str:
         f"Target: the memory and the data pipeline cost at most {MEMORY_BUDGET:.0%} of the plain step. "
         f"Measured: {s['memory_overhead']:.0%} ({'met' if s['memory_overhead'] <= MEMORY_BUDGET else 'NOT met'}).",
         "",
+    ]
+    if result.get("memory_read"):
+        lines += [
+            f"## Memory read (forward + backward on one step's maps of {2 * s['batch_size']} views)",
+            "",
+            "| scale | fused (scaled_dot_product_attention), ms | softmax then matmul, ms |",
+            "|---|---|---|",
+            *(f"| {k} | {1e3 * v['fused']:.1f} | {1e3 * v['softmax_then_matmul']:.1f} |" for k, v in result["memory_read"].items()),
+            "",
+        ]
+    lines += [
         "## Augmentation",
         "",
         f"kornia views of whole batches: {result['augmentation']['views_per_second']:.0f} views/s, against "
@@ -182,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu_model(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "stage1": stage1,
+        "memory_read": memory_read_seconds(params, images),
         "augmentation": {
             "views_per_second": views_per_second,
             "views_consumed_per_second": 2 * full,

@@ -43,13 +43,11 @@ def used_train_rows(
     train_labels: np.ndarray, test_labels: np.ndarray, classes: list[int], settings: list[str], data: DataParams
 ) -> np.ndarray:
     """Sorted indices of the training rows that any split of the (class, setting) pairs reads."""
-    rows = [
-        split[part]
-        for cls in classes
-        for setting in settings
-        for split in [make_split(train_labels, test_labels, cls, setting, data)]
-        for part in ("train_normal", "val_normal", "train_known", "val_known")
-    ]
+    rows = []
+    for cls in classes:
+        for setting in settings:
+            split = make_split(train_labels, test_labels, cls, setting, data)
+            rows += [split[part] for part in ("train_normal", "val_normal", "train_known", "val_known")]
     return np.unique(np.concatenate(rows))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from benchmarks import ablate, grid, plain_baseline
-from benchmarks.__main__ import markdown
+from benchmarks.__main__ import markdown, memory_read_seconds
 
 from anomem.params import load_params
 from conftest import REPO
@@ -75,6 +75,7 @@ def test_report_puts_each_figure_beside_its_baseline():
         "environment": {"torch": "2.14.1"},
         "threads": 2,
         "stage1": stage1,
+        "memory_read": {"2": {"fused": 0.05, "softmax_then_matmul": 0.12}},
         "augmentation": {"views_per_second": 8000.0, "views_consumed_per_second": 400.0, "share_of_step": 0.05},
         "plain_baseline": {
             "epochs": 7,
@@ -91,6 +92,7 @@ def test_report_puts_each_figure_beside_its_baseline():
     text = markdown(result)
     assert "| plain | 300 | +0% |" in text and "| memory_rotation | 200 | +50% |" in text
     assert "NOT met" in text
+    assert "| 2 | 50.0 | 120.0 |" in text
     assert (
         "| 0_airplane | 64.0 | 70.0 |" in text
         and "| **mean** | **64.0** | **70.0** |" in text
@@ -128,3 +130,12 @@ def test_plain_baseline_gets_the_default_stage_1_time_measured_in_the_same_run()
     timing = plain_baseline.matched_epochs(params, images)
     assert timing["default_epoch_seconds"] > 0 and timing["plain_epoch_seconds"] > 0 and timing["probe_images"] == 64
     assert timing["epochs"] == max(1, int(3 * timing["default_epoch_seconds"] / timing["plain_epoch_seconds"]))
+
+
+def test_memory_read_benchmark_times_both_reads_at_every_memory_scale():
+    params = load_params(REPO / "profiles" / "smoke.yaml")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 8})})
+    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    timing = memory_read_seconds(params, images, repeats=2)
+    assert sorted(timing) == sorted(str(s) for s in params.memory.scales)
+    assert all(v["fused"] > 0 and v["softmax_then_matmul"] > 0 for v in timing.values())

@@ -50,6 +50,21 @@ def test_read_is_the_attention_weighted_sum_of_raw_items():
     assert torch.allclose(mem(fmap), expected, atol=1e-6)
 
 
+def test_fused_read_has_the_gradients_of_softmax_then_matmul():
+    """forward() goes through scaled_dot_product_attention; training must see the same gradients as the formula."""
+    mem = _memory()
+    fmap = torch.randn(2, 8, 3, 3, requires_grad=True)
+    weights = torch.randn(2, 8, 3, 3)
+    (mem(fmap) * weights).sum().backward()
+    fused = (fmap.grad.clone(), mem.items.grad.clone())
+    fmap.grad, mem.items.grad = None, None
+    explicit = (mem.attention(fmap) @ mem.items).view(2, 3, 3, 8).permute(0, 3, 1, 2)
+    (explicit * weights).sum().backward()
+    assert fused[0].abs().sum() > 0 and fused[1].abs().sum() > 0
+    assert torch.allclose(fused[0], fmap.grad, atol=1e-5)
+    assert torch.allclose(fused[1], mem.items.grad, atol=1e-5)
+
+
 def test_large_beta_reads_the_most_similar_item():
     """With beta large the softmax is an arg-max: read(z) = the (raw, unnormalised) item closest in cosine."""
     mem = _memory(size=16, dim=8, beta=1000.0)
