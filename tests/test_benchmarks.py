@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 from benchmarks import ablate, grid, plain_baseline
-from benchmarks.__main__ import markdown, memory_read_seconds
+from benchmarks.__main__ import markdown, memory_read_seconds, step_rates
 
 from anomem.params import load_params
 from conftest import REPO
@@ -139,3 +139,14 @@ def test_memory_read_benchmark_times_both_reads_at_every_memory_scale():
     timing = memory_read_seconds(params, images, repeats=2)
     assert sorted(timing) == sorted(str(s) for s in params.memory.scales)
     assert all(v["fused"] > 0 and v["softmax_then_matmul"] > 0 for v in timing.values())
+
+
+def test_step_rates_take_turns_and_report_every_round():
+    params = load_params(REPO / "profiles" / "smoke.yaml")
+    params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 8})})
+    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    rates = step_rates(params, images, rotation=1.0, rounds=2)
+    assert sorted(rates) == ["memory", "memory_rotation", "plain"]
+    for rate in rates.values():
+        assert len(rate["rounds"]) == 2 and all(v > 0 for v in rate["rounds"])
+        assert min(rate["rounds"]) <= rate["images_per_second"] <= max(rate["rounds"])

@@ -36,8 +36,8 @@ class HopfieldMemory(nn.Module):
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         """The read-out map, same shape as fmap: `attention(fmap) @ items`, fused.
 
-        scaled_dot_product_attention keeps the (B*H*W, N) attention out of autograd: on the CPU, the read's
-        forward and backward take half the time of softmax then matmul (measured in reports/benchmarks.md).
+        scaled_dot_product_attention keeps the (B*H*W, N) attention out of autograd's saved tensors. On the
+        CPU it is no faster than softmax then matmul in a warm process (reports/benchmarks.md, "Memory read").
         """
         b, c, h, w = fmap.shape
         z = F.normalize(_locations(fmap), dim=1)
