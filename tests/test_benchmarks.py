@@ -132,19 +132,22 @@ def test_plain_baseline_gets_the_default_stage_1_time_measured_in_the_same_run()
     assert timing["epochs"] == max(1, int(3 * timing["default_epoch_seconds"] / timing["plain_epoch_seconds"]))
 
 
-def test_memory_read_benchmark_times_both_reads_at_every_memory_scale():
+def _tiny_step_inputs():
+    """The smoke profile at batch 8, and 16 random images: enough for the step benchmarks to run."""
     params = load_params(REPO / "profiles" / "smoke.yaml")
     params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 8})})
-    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    return params, torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+
+
+def test_memory_read_benchmark_times_both_reads_at_every_memory_scale():
+    params, images = _tiny_step_inputs()
     timing = memory_read_seconds(params, images, repeats=2)
     assert sorted(timing) == sorted(str(s) for s in params.memory.scales)
     assert all(v["fused"] > 0 and v["softmax_then_matmul"] > 0 for v in timing.values())
 
 
 def test_step_rates_take_turns_and_report_every_round():
-    params = load_params(REPO / "profiles" / "smoke.yaml")
-    params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 8})})
-    images = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8)
+    params, images = _tiny_step_inputs()
     rates = step_rates(params, images, rotation=1.0, rounds=2)
     assert sorted(rates) == ["memory", "memory_rotation", "plain"]
     for rate in rates.values():
