@@ -52,13 +52,22 @@ def main() -> None:
                     k: score_metrics(s["labels"], s[f"score_{k}"]) for k in score_names
                 }
     metrics = aggregate(per_pair, names)
+    combined_parts = {  # seeds that picked differently are listed side by side
+        setting: {
+            f"{cls}_{names[cls]}": " / ".join(
+                dict.fromkeys(" + ".join(scores[pair_id(cls, setting, seed)]["combined_parts"]) for seed in e.seeds)
+            )
+            for cls in e.classes
+        }
+        for setting in e.settings
+    }
     test_images = np.load(layout.images_file("test"), mmap_mode="r")
 
     with stage_run(params, "evaluate") as run:
         io.write_json(layout.REPORTS / "metrics.json", metrics)
         io.write_text(
             layout.REPORTS / "summary.md",
-            summary_markdown(metrics, changed_params(params), e.seeds),
+            summary_markdown(metrics, changed_params(params), e.seeds, combined_parts),
         )
         seed = e.seeds[0]
         for setting in e.settings:

@@ -6,7 +6,8 @@ import numpy as np
 
 from anomem import io, layout
 from anomem.detector import AnomalyDistanceDetector
-from anomem.deviation import combined_score, deviation_score, fit_scale_weights
+from anomem.deviation import deviation_score, fit_scale_weights
+from anomem.ensemble import combined_score, pick_parts
 from anomem.errors import run_cli
 from anomem.knn import knn_score
 from anomem.params import uses_shifted_negatives
@@ -29,12 +30,9 @@ def main() -> None:
 
     names = ("train_normal", "train_known", "val_normal", "val_known", "test") + (("train_shifted", "val_shifted") if shifted else ())
     maps = {name: load_maps(folder, name, scales) for name in names}
-    pooled = {name: np.load(folder / f"{name}_pooled.npy") for name in ("train_normal", "test")}
-    rotation = (
-        {name: np.load(folder / f"{name}_rotation.npy") for name in ("val_normal", "test")}
-        if params.contrastive.rotation_weight > 0
-        else None
-    )
+    scored = ("val_normal", "val_known", "test")
+    pooled = {name: np.load(folder / f"{name}_pooled.npy") for name in ("train_normal", *scored)}
+    rotation = {name: np.load(folder / f"{name}_rotation.npy") for name in scored} if params.contrastive.rotation_weight > 0 else None
     with np.load(layout.split_file(args.cls, args.setting)) as f:
         test_labels = f["test_labels"]
 
@@ -57,26 +55,29 @@ def main() -> None:
             on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
         )
         weights = fit_scale_weights(maps["train_normal"])
-        scores = {
-            "detector": detector.decision_function(maps["test"]),
-            "deviation": deviation_score(maps["test"], weights),
-            "knn": knn_score(pooled["train_normal"], pooled["test"], params.detector.knn_k),
+        # Every score on the test split and on both validation parts (the headline is chosen on validation).
+        by_split = {
+            name: {
+                "detector": detector.decision_function(maps[name]),
+                "deviation": deviation_score(maps[name], weights),
+                "knn": knn_score(pooled["train_normal"], pooled[name], params.detector.knn_k),
+                **({"rotation": rotation[name]} if rotation is not None else {}),
+            }
+            for name in scored
         }
-        val_normal_scores = detector.decision_function(maps["val_normal"])
-        if rotation is not None:
-            scores["rotation"] = rotation["test"]
-            scores["combined"] = combined_score(
-                {
-                    "detector": (scores["detector"], val_normal_scores),
-                    "rotation": (rotation["test"], rotation["val_normal"]),
-                }
-            )
+        val_normal, val_known, scores = by_split["val_normal"], by_split["val_known"], by_split["test"]
+        parts = tuple(k for k in params.detector.combine if k in scores)
+        if params.detector.pick_by_validation and len(val_known["detector"]) and len(parts) > 1:
+            parts, val_auroc = pick_parts(parts, val_normal, val_known)
+            run.log_metrics({"combined_val_auroc": val_auroc})
+        run.set_tags({"combined_parts": "+".join(parts)})
+        scores["combined"] = combined_score({k: (scores[k], val_normal[k]) for k in parts})
         top = np.argsort(-scores["detector"], kind="stable")[:TOP_K]
         heat = {f"heat_s{s}": (maps["test"][s][top].astype(np.float32) ** 2).sum(1) for s in scales}
         io.save_npz(
             out / "scores.npz",
-            labels=test_labels, top_index=top, val_normal_detector=val_normal_scores,
-            threshold=np.float64(np.percentile(val_normal_scores, 95)),
+            labels=test_labels, top_index=top, val_normal_detector=val_normal["detector"], combined_parts=np.array(parts),
+            threshold=np.float64(np.percentile(val_normal["detector"], 95)),
             **{f"score_{k}": v for k, v in scores.items()}, **heat,
         )  # fmt: skip
         io.save_torch(out / "detector.pt", {**detector.state_dict(), "scale_weights": weights})
@@ -85,7 +86,10 @@ def main() -> None:
             {"history": detector.history, "best_epoch": detector.best_epoch},
         )
         run.log_metrics({"best_epoch": detector.best_epoch})
-    print(f"{pair}: detector fitted (best epoch {detector.best_epoch}), {scores['detector'].size} test images scored")
+    print(
+        f"{pair}: detector fitted (best epoch {detector.best_epoch}), {scores['detector'].size} test images scored; "
+        f"combined = {' + '.join(parts)}"
+    )
 
 
 if __name__ == "__main__":

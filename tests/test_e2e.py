@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -89,6 +90,20 @@ def test_every_output_exists(smoke_repo):
             assert (root / f"reports/plots/{kind}_{setting}.png").stat().st_size > 1000
     assert "| **mean** |" in (root / "reports/summary.md").read_text()
     assert not list(root.rglob(".tmp-*")), "no temporary file may survive a run"
+
+
+def test_combined_sums_what_validation_allows(smoke_repo):
+    root, _, _ = smoke_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    listed = tuple(params["detector"]["combine"])
+    for cls in params["experiment"]["classes"]:
+        with np.load(root / f"data/scores/{cls}-one_class-0/scores.npz") as f:
+            assert tuple(f["combined_parts"]) == listed, "one_class has no labelled anomalies to pick with: all are summed"
+        with np.load(root / f"data/scores/{cls}-unbalanced-0/scores.npz") as f:
+            picked = tuple(f["combined_parts"])
+            assert picked and set(picked) <= set(listed)
+    summary = (root / "reports/summary.md").read_text()
+    assert "## What `combined` sums" in summary and f"- one_class: {' + '.join(listed)}, every class" in summary
 
 
 def test_metrics_cover_every_pair_and_beat_a_broken_model(smoke_repo):

@@ -11,7 +11,8 @@ import yaml
 
 from anomem.data import quarter_turned
 from anomem.detector import AnomalyDistanceDetector
-from anomem.deviation import combined_score, extract, rotation_scores
+from anomem.deviation import extract, rotation_scores
+from anomem.ensemble import combined_score
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
 from anomem.params import parse_params

@@ -96,11 +96,3 @@ def deviation_score(maps: Maps, weights: Mapping[int, float]) -> np.ndarray:
     """sum_s w_s * mean_{h,w} ||D_s||^2; higher means more anomalous."""
     energy = _per_image_energy(maps)
     return sum(weights[s] * energy[s] for s in energy)
-
-
-def combined_score(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Sum of scores, each standardised by its mean and std on the normal validation images.
-
-    scores maps a name to (test scores, validation-normal scores); the test split sets nothing here.
-    """
-    return sum((test - val.mean()) / (val.std() + 1e-12) for test, val in scores.values())

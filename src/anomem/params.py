@@ -159,6 +159,20 @@ class DetectorParams(_Group):
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
     shifted_negatives: bool = False
     knn_k: int = Field(1, ge=1)
+    # The headline `combined` sums these scores, each standardised on the normal validation images; a
+    # listed score the run lacks (rotation without a rotation head) is left out.
+    combine: list[Literal["detector", "rotation", "knn", "deviation"]] = Field(default_factory=lambda: ["detector", "rotation"])
+    # unbalanced: sum only the subset of `combine` with the best validation AUROC (normal vs known anomalies).
+    pick_by_validation: bool = False
+
+    @field_validator("combine")
+    @classmethod
+    def _combine(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one score")
+        if len(set(v)) != len(v):
+            raise ValueError(f"has a repeated entry: {v}")
+        return v
 
 
 class ExperimentParams(_Group):

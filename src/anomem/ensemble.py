@@ -1,0 +1,48 @@
+"""The headline score `combined`: a sum of scores, each standardised on the normal validation images.
+
+Which scores go in is `detector.combine`. Where the validation split holds labelled anomalies (the
+unbalanced setting) and `detector.pick_by_validation` is on, only the subset that separates them best
+is summed; one_class has no labelled anomalies to choose with and sums every listed score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def combined_score(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Sum of scores, each standardised by its mean and std on the normal validation images.
+
+    scores maps a name to (scores to combine, validation-normal scores); the test split sets nothing here.
+    """
+    return sum((values - val.mean()) / (val.std() + 1e-12) for values, val in scores.values())
+
+
+def pick_parts(
+    names: Sequence[str],
+    val_normal: Mapping[str, np.ndarray],
+    val_known: Mapping[str, np.ndarray],
+) -> tuple[tuple[str, ...], float]:
+    """The non-empty subset of `names` whose combined score best separates val_known from val_normal.
+
+    Returns the subset and its validation AUROC. Ties go to the smaller subset, then to `names`' order.
+    """
+    labels = np.r_[np.zeros(len(val_normal[names[0]])), np.ones(len(val_known[names[0]]))]
+    if labels.min() == labels.max():
+        raise ValueError("picking scores needs both normal and known-anomalous validation images")
+    best, best_auroc = (), -1.0
+    for size in range(1, len(names) + 1):
+        for subset in combinations(names, size):
+            reference = {k: val_normal[k] for k in subset}
+            values = np.r_[
+                combined_score({k: (val_normal[k], reference[k]) for k in subset}),
+                combined_score({k: (val_known[k], reference[k]) for k in subset}),
+            ]
+            auroc = float(roc_auc_score(labels, values))
+            if auroc > best_auroc:
+                best, best_auroc = subset, auroc
+    return best, best_auroc
