@@ -236,7 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2048, help="images per epoch in the step benchmarks")
     parser.add_argument("--rounds", type=int, default=2, help="turns of the three stage-1 steps, in alternating order")
     parser.add_argument("--report", default=str(REPORTS / "benchmarks"), help="where to write PREFIX.json and PREFIX.md")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="time nothing: re-write PREFIX.md from PREFIX.json's step figures and the committed grid's current results",
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        measured = _read(Path(f"{args.report}.json"))
+        if measured is None:
+            raise SystemExit(f"--render-only: {args.report}.json is missing; run `python -m benchmarks` first")
+        result = {**measured, "grid": _read(GRID), "plain_baseline": _read(PLAIN), "default_metrics": _read(REPORTS / "metrics.json")}
+        io.write_text(Path(f"{args.report}.md"), markdown(result))
+        print(markdown(result))
+        return 0
     params = load_params(args.params)
     of_grid = Path("params.yaml").exists() and params == load_params("params.yaml")
     images = torch.from_numpy(load_class_images(params, args.cls)[: args.images])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -65,18 +66,38 @@ def test_ablation_overrides_parse_like_dvc_exp_run():
         ablate.overridden(base, ["size=16"])
 
 
-def test_report_puts_each_figure_beside_its_baseline():
+def _step_figures() -> dict:
+    """What `python -m benchmarks` measures, as benchmarks.json holds it."""
     stage1 = {"class": 0, "images": 2048, "batch_size": 256, "memory_overhead": 0.5}
     stage1.update(
         {k: {"images_per_second": v, "epoch_seconds": 1.0} for k, v in (("plain", 300.0), ("memory", 220.0), ("memory_rotation", 200.0))}
     )
-    result = {
+    return {
         "git_commit": "0123456789abcdef",
         "environment": {"torch": "2.14.1"},
         "threads": 2,
         "stage1": stage1,
         "memory_read": {"2": {"fused": 0.05, "softmax_then_matmul": 0.12}},
         "augmentation": {"views_per_second": 8000.0, "views_consumed_per_second": 400.0, "share_of_step": 0.05},
+    }
+
+
+def test_render_only_rewrites_the_report_from_its_json_without_timing(tmp_path, monkeypatch):
+    import benchmarks.__main__ as bench
+
+    monkeypatch.setattr(bench, "step_rates", lambda *a, **k: pytest.fail("--render-only must not time anything"))
+    prefix = tmp_path / "benchmarks"
+    with pytest.raises(SystemExit, match="benchmarks.json is missing"):
+        bench.main(["--render-only", "--report", str(prefix)])
+    (tmp_path / "benchmarks.json").write_text(json.dumps(_step_figures()))
+    assert bench.main(["--render-only", "--report", str(prefix)]) == 0
+    text = (tmp_path / "benchmarks.md").read_text()
+    assert "| plain | 300 | +0% |" in text and "| memory_rotation | 200 | +50% |" in text
+
+
+def test_report_puts_each_figure_beside_its_baseline():
+    result = {
+        **_step_figures(),
         "plain_baseline": {
             "epochs": 7,
             "mean_train_seconds": 120.0,
