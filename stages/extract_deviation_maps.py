@@ -1,4 +1,5 @@
-"""Stage extract_deviation_maps: freeze E and the memories, write D_s for every split as float16 (and the rotation score)."""
+"""Stage extract_deviation_maps: freeze E and the memories, write D_s for every split as float16, the kNN score's
+pooled features of each test-time view, and the rotation score."""
 
 from __future__ import annotations
 
@@ -9,23 +10,21 @@ import torch
 
 from anomem import io, layout
 from anomem.data import quarter_turned
-from anomem.deviation import extract, map_bytes, rotation_scores
+from anomem.deviation import extract, map_bytes
 from anomem.errors import run_cli
 from anomem.model import AnoMemNet
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
+from anomem.views import scoring_views, view_features
 
 SPLITS = ("train_normal", "val_normal", "train_known", "val_known", "test")
 SHIFTED = {
     "train_shifted": "train_normal",
     "val_shifted": "val_normal",
 }  # turned copies of these normal splits
-ROTATION_SCORED = (
-    "val_normal",
-    "val_known",
-    "test",
-)  # the splits the rotation score is needed on
+SCORED = ("val_normal", "val_known", "test")  # the splits the reference scores are needed on
+KNN_BANK = "train_normal"
 
 
 def main() -> None:
@@ -53,24 +52,21 @@ def main() -> None:
         sources = {name: images["test" if name == "test" else "train"][split[name]] for name in SPLITS}
         if uses_shifted_negatives(params, args.setting):
             sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
+        views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
         for name, batch in sources.items():
-            maps, pooled = extract(net, batch, runtime, params.train.eval_batch_size, desc=name)
+            maps, _ = extract(net, batch, runtime, params.train.eval_batch_size, desc=name)
             for s, m in maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)
                 if m.shape[0]:
                     energy[f"{name}_s{s}_mean_energy"] = float((m[:2000].astype(np.float32) ** 2).sum(1).mean())
-            io.save_npy(out / f"{name}_pooled.npy", pooled)
-            if net.rotation_head is not None and name in ROTATION_SCORED:
-                io.save_npy(
-                    out / f"{name}_rotation.npy",
-                    rotation_scores(
-                        net,
-                        batch,
-                        runtime,
-                        params.train.eval_batch_size,
-                        desc=f"{name} rotations",
-                    ),
+            if name in (KNN_BANK, *SCORED):
+                rotating = net.rotation_head is not None and name in SCORED
+                pooled, rotation = view_features(
+                    net, batch, runtime, params.train.eval_batch_size, views, rotation=rotating, desc=f"{name} views"
                 )
+                io.save_npy(out / f"{name}_pooled.npy", pooled)
+                if rotating:
+                    io.save_npy(out / f"{name}_rotation.npy", rotation)
         seconds = time.perf_counter() - began
         run.log_metrics({**energy, "seconds": seconds, "bytes": needed, "images": total})
     print(f"{pair}: {total} images -> {needed / 1e6:.0f} MB of deviation maps in {seconds:.1f}s")

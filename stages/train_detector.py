@@ -55,19 +55,19 @@ def main() -> None:
             on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
         )
         weights = fit_scale_weights(maps["train_normal"])
-        # Every score on the test split and on both validation parts (the headline is chosen on validation).
-        by_split = {
-            name: {
-                "detector": detector.decision_function(maps[name]),
-                "deviation": deviation_score(maps[name], weights),
-                "knn": knn_score(pooled["train_normal"], pooled[name], params.detector.knn_k),
-                **({"rotation": rotation[name]} if rotation is not None else {}),
-            }
-            for name in scored
+        scorers = {
+            "detector": lambda split: detector.decision_function(maps[split]),
+            "deviation": lambda split: deviation_score(maps[split], weights),
+            "knn": lambda split: knn_score(pooled["train_normal"], pooled[split], params.detector.knn_k),
+            **({"rotation": lambda split: rotation[split]} if rotation is not None else {}),
         }
-        val_normal, val_known, scores = by_split["val_normal"], by_split["val_known"], by_split["test"]
-        parts = tuple(k for k in params.detector.combine if k in scores)
-        if params.detector.pick_by_validation and len(val_known["detector"]) and len(parts) > 1:
+        scores = {k: score("test") for k, score in scorers.items()}
+        parts = tuple(k for k in params.detector.combine if k in scorers)
+        # The headline is standardised (and, unbalanced, picked) on validation: only its parts are scored there,
+        # plus the detector on val_normal for the threshold.
+        val_normal = {k: scorers[k]("val_normal") for k in dict.fromkeys(("detector", *parts))}
+        val_known = {k: scorers[k]("val_known") for k in parts}
+        if params.detector.pick_by_validation and len(val_known[parts[0]]) and len(parts) > 1:
             parts, val_auroc = pick_parts(parts, val_normal, val_known)
             run.log_metrics({"combined_val_auroc": val_auroc})
         run.set_tags({"combined_parts": "+".join(parts)})

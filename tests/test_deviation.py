@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomem.data import to_float
-from anomem.deviation import deviation_score, extract, fit_scale_weights, map_bytes, rotation_scores
+from anomem.deviation import deviation_score, extract, fit_scale_weights, map_bytes
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime
@@ -97,16 +97,3 @@ def test_extract_on_no_images(cifar_train_slice):
     assert all(m.dtype == np.float16 for m in maps.values())
     assert pooled.shape == (0, 32) and pooled.dtype == np.float32
     assert map_bytes(net, (32, 32), 0) == 0
-
-
-def test_rotation_scores_match_the_network_batch_by_batch(cifar_train_slice):
-    images, _ = cifar_train_slice
-    p = parse_params(
-        {"model": {"arch": "resnet20", "width": 8, "proj_dim": 16}, "memory": {"size": 16}, "contrastive": {"rotation_weight": 1.0}}
-    )
-    torch.manual_seed(0)
-    net = AnoMemNet.from_params(p).eval()
-    out = rotation_scores(net, images[:10], RUNTIME, batch_size=4)
-    assert out.shape == (10,) and out.dtype == np.float64
-    np.testing.assert_allclose(out, net.rotation_score(to_float(images[:10])).numpy(), rtol=1e-5)
-    assert rotation_scores(net, images[:0], RUNTIME, batch_size=4).shape == (0,)

@@ -11,12 +11,13 @@ import yaml
 
 from anomem.data import quarter_turned
 from anomem.detector import AnomalyDistanceDetector
-from anomem.deviation import extract, rotation_scores
+from anomem.deviation import extract
 from anomem.ensemble import combined_score
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime, seed_everything
+from anomem.views import scoring_views, view_features
 from conftest import REPO
 
 TINY = {"model": {"width": 8}, "memory": {"size": 8}, "train": {"epochs": 1, "batch_size": 64, "device": "cpu"}, "detector": {"epochs": 2}}
@@ -45,6 +46,7 @@ def test_paper_profile_runs_every_stage_at_tiny_size(cifar_train_slice):
     y = np.r_[np.zeros(len(normal)), np.ones(len(normal))].astype(np.int64)
     detector = AnomalyDistanceDetector(params.detector, "cpu", seed=0, progress=False).fit(X, y)
     scores = detector.decision_function(test_maps)
-    rotation = rotation_scores(net, np.concatenate([normal[:20], others[:20]]), runtime, batch_size=50)
+    views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
+    _, rotation = view_features(net, np.concatenate([normal[:20], others[:20]]), runtime, 50, views, rotation=True)
     combined = combined_score({"detector": (scores, scores[:20]), "rotation": (rotation, rotation[:20])})
     assert np.isfinite(combined).all() and combined.shape == (40,)

@@ -135,6 +135,12 @@ BAD_VALUES = {
     "negative seed": ({"experiment": {"seeds": [-1]}}, ["experiment.seeds", ">= 0"]),
     "repeated classes": ({"experiment": {"classes": [1, 2, 1]}}, ["experiment.classes = [1, 2, 1]", "repeated"]),
     "repeated settings": ({"experiment": {"settings": ["one_class", "one_class"]}}, ["experiment.settings", "repeated"]),
+    "empty combine": ({"detector": {"combine": []}}, ["detector.combine = []", "must not be empty"]),
+    "repeated combine": ({"detector": {"combine": ["knn", "knn"]}}, ["detector.combine", "repeated"]),
+    "combine only a score the run lacks": (
+        {"contrastive": {"rotation_weight": 0.0}, "detector": {"combine": ["rotation"]}},
+        ["detector.combine = [rotation]", "rotation_weight = 0"],
+    ),
     "wrong type": ({"train": {"epochs": "ten"}}, ["train.epochs = 'ten'", "integer"]),
     "group not a mapping": ({"memory": 5}, ["memory = 5"]),
     "hue above 0.5": ({"contrastive": {"color_jitter": [0.4, 0.4, 0.4, 0.9]}}, ["contrastive.color_jitter", "hue <= 0.5"]),

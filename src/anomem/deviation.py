@@ -52,28 +52,6 @@ def extract(
     return maps, pooled
 
 
-@torch.no_grad()
-def rotation_scores(
-    net: AnoMemNet,
-    images: np.ndarray,
-    runtime: Runtime,
-    batch_size: int,
-    desc: str = "rotation",
-) -> np.ndarray:
-    """The rotation head's score (model.AnoMemNet.rotation_score) for each uint8 NHWC image."""
-    net.eval().to(runtime.device)
-    out = np.empty(images.shape[0], np.float64)
-    for start in tqdm(
-        range(0, images.shape[0], batch_size),
-        desc=desc,
-        unit="batch",
-        dynamic_ncols=True,
-    ):
-        x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
-        out[start : start + x.shape[0]] = net.rotation_score(x).cpu().numpy()
-    return out
-
-
 def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
     """mean_{h,w} ||D_s||^2 per image and scale, in float64, chunked to bound memory."""
     out = {}

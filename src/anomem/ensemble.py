@@ -34,15 +34,12 @@ def pick_parts(
     labels = np.r_[np.zeros(len(val_normal[names[0]])), np.ones(len(val_known[names[0]]))]
     if labels.min() == labels.max():
         raise ValueError("picking scores needs both normal and known-anomalous validation images")
+    # Standardised once on val_normal; a subset's combined score is then the sum of its columns.
+    standardised = {k: combined_score({k: (np.r_[val_normal[k], val_known[k]], val_normal[k])}) for k in names}
     best, best_auroc = (), -1.0
     for size in range(1, len(names) + 1):
         for subset in combinations(names, size):
-            reference = {k: val_normal[k] for k in subset}
-            values = np.r_[
-                combined_score({k: (val_normal[k], reference[k]) for k in subset}),
-                combined_score({k: (val_known[k], reference[k]) for k in subset}),
-            ]
-            auroc = float(roc_auc_score(labels, values))
+            auroc = float(roc_auc_score(labels, sum(standardised[k] for k in subset)))
             if auroc > best_auroc:
                 best, best_auroc = subset, auroc
     return best, best_auroc

@@ -8,7 +8,15 @@ import torch.nn.functional as F
 
 
 def knn_score(train_features: np.ndarray, features: np.ndarray, k: int = 1, chunk: int = 2048) -> np.ndarray:
-    """1 - mean cosine similarity to the k nearest training features; higher means more anomalous."""
+    """1 - mean cosine similarity to the k nearest training features; higher means more anomalous.
+
+    Features (N, D), or (N, V, D) with a view axis (views.view_features): each view is then scored against
+    the same view of the training features, and the scores are averaged over views.
+    """
+    if features.ndim == 3:
+        if train_features.ndim != 3 or train_features.shape[1] != features.shape[1]:
+            raise ValueError(f"views differ: training features {train_features.shape}, scored features {features.shape}")
+        return sum(knn_score(train_features[:, v], features[:, v], k, chunk) for v in range(features.shape[1])) / features.shape[1]
     bank = F.normalize(torch.as_tensor(train_features, dtype=torch.float32), dim=1)
     k = min(k, bank.shape[0])
     out = []

@@ -3,7 +3,7 @@
 Plain path: p = g(avgpool(E(v))).
 Memory path: the same encoder, with F_s replaced by its memory read-out after every memory scale.
 Rotation head (optional, CSI-style shifting transformation): predicts which of 0/90/180/270 degrees
-a view was turned by, from avgpool(E(v)).
+a view was turned by, from avgpool(E(v)); its test-time score is in views.py.
 """
 
 from __future__ import annotations
@@ -94,13 +94,3 @@ class AnoMemNet(nn.Module):
         feats = self.features(x)
         maps = {s: feats[s] - self.memory(s)(feats[s]) if self.scales else feats[s] for s in self.map_scales}
         return maps, self.pooled(feats)
-
-    @torch.no_grad()
-    def rotation_score(self, x: torch.Tensor) -> torch.Tensor:
-        """-mean_k log p(k | rot_k(x)) over the four rotations (GEOM / CSI's test-time ensemble); higher = more anomalous."""
-        total = torch.zeros(x.shape[0], device=x.device)
-        for k in range(ROTATIONS):
-            turns = torch.full((x.shape[0],), k)
-            logits = self.rotation_head(self.pooled(self.features(rotate(x, turns))))
-            total -= torch.log_softmax(logits.float(), dim=1)[:, k]
-        return total / ROTATIONS

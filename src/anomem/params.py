@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -112,6 +113,19 @@ class MemoryParams(_Group):
         return sorted(v)
 
 
+def non_empty_unique(v: list) -> list:
+    """A list param that must name something, each entry once."""
+    if not v:
+        raise ValueError("must not be empty")
+    if len(set(v)) != len(v):
+        raise ValueError(f"has a repeated entry: {v}")
+    return v
+
+
+L = TypeVar("L", bound=list)
+NonEmptyUnique = Annotated[L, AfterValidator(non_empty_unique)]
+
+
 class ContrastiveParams(_Group):
     temperature: float = Field(0.2, gt=0.0, le=10.0)
     plain_weight: float = Field(1.0, ge=0.0)
@@ -159,35 +173,23 @@ class DetectorParams(_Group):
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
     shifted_negatives: bool = False
     knn_k: int = Field(1, ge=1)
+    # Test-time views of the kNN score, each scored against the same view of the normal training images:
+    # the four quarter turns (CSI's shifted views) and the mirror image of each.
+    knn_turns: bool = False
+    knn_mirror: bool = False
     # The headline `combined` sums these scores, each standardised on the normal validation images; a
     # listed score the run lacks (rotation without a rotation head) is left out.
-    combine: list[Literal["detector", "rotation", "knn", "deviation"]] = Field(default_factory=lambda: ["detector", "rotation"])
+    combine: NonEmptyUnique[list[Literal["detector", "rotation", "knn", "deviation"]]] = Field(
+        default_factory=lambda: ["detector", "rotation"]
+    )
     # unbalanced: sum only the subset of `combine` with the best validation AUROC (normal vs known anomalies).
     pick_by_validation: bool = False
 
-    @field_validator("combine")
-    @classmethod
-    def _combine(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("must name at least one score")
-        if len(set(v)) != len(v):
-            raise ValueError(f"has a repeated entry: {v}")
-        return v
-
 
 class ExperimentParams(_Group):
-    classes: list[int] = Field(default_factory=lambda: list(range(10)))
-    settings: list[Literal["one_class", "unbalanced"]] = Field(default_factory=lambda: list(SETTINGS))
-    seeds: list[int] = Field(default_factory=lambda: [0])
-
-    @field_validator("classes", "settings", "seeds")
-    @classmethod
-    def _non_empty_unique(cls, v: list) -> list:
-        if not v:
-            raise ValueError("must not be empty")
-        if len(set(v)) != len(v):
-            raise ValueError(f"has a repeated entry: {v}")
-        return v
+    classes: NonEmptyUnique[list[int]] = Field(default_factory=lambda: list(range(10)))
+    settings: NonEmptyUnique[list[Literal["one_class", "unbalanced"]]] = Field(default_factory=lambda: list(SETTINGS))
+    seeds: NonEmptyUnique[list[int]] = Field(default_factory=lambda: [0])
 
     @field_validator("seeds")
     @classmethod
@@ -230,6 +232,8 @@ class Params(_Group):
                 f"data.n_known_outlier_classes = {self.data.n_known_outlier_classes}: "
                 f"{self.data.dataset} has only {n - 1} classes besides the normal one"
             )
+        if self.contrastive.rotation_weight == 0 and self.detector.combine == ["rotation"]:
+            raise ValueError("detector.combine = [rotation] sums nothing: contrastive.rotation_weight = 0 trains no rotation head")
         if "unbalanced" in self.experiment.settings and self.data.ratio_known_outlier == 0:
             raise ValueError("data.ratio_known_outlier = 0 leaves the unbalanced setting without known anomalies")
         return self
