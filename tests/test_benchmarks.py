@@ -122,6 +122,29 @@ def test_report_puts_each_figure_beside_its_baseline():
     )
 
 
+def test_report_gives_plain_over_the_same_views_and_on_the_image_alone():
+    result = {
+        **_step_figures(),
+        "plain_baseline": {
+            "epochs": 7,
+            "mean_train_seconds": 120.0,
+            "auroc": {"0_airplane": 0.66},
+            "mean_auroc": 0.66,
+            "views": [[0, False], [1, False], [2, False], [3, False]],
+            "auroc_single_view": {"0_airplane": 0.64},
+            "mean_auroc_single_view": 0.64,
+        },
+        "default_metrics": {
+            "mean": {"one_class": {"combined": {"auroc": 0.7}}},
+            "classes": {"one_class": {"0_airplane": {"combined": {"auroc": 0.7}}}},
+        },
+    }
+    text = markdown(result)
+    assert "same 4 test-time views" in text
+    assert "| 0_airplane | 66.0 | 64.0 | 70.0 |" in text and "| **mean** | **66.0** | **64.0** | **70.0** |" in text
+    assert "+4.0 points above plain SimCLR + kNN scored over the same views (+6.0 above it on the image alone)" in text
+
+
 def test_ablation_reuses_only_the_stages_no_override_reads():
     listed = ablate.stage_params()
     assert ablate.stages_to_reuse(["detector.epochs=100"], listed) == ("train_contrastive_memory", "extract_deviation_maps")
