@@ -7,14 +7,13 @@ the kNN reference (cosine distance to the nearest normal training feature) over 
 the default's kNN score (`detector.knn_turns`, `detector.knn_mirror`); the score of the un-augmented image
 alone is kept beside it (`auroc_single_view`), the baseline as the issue defines it. It is given the same training
 time as the default profile's stage 1: both steps are timed here, in the same process, on the same images
-(after a warm-up epoch each), and plain gets floor(train.epochs x default epoch time / plain epoch time)
+(after a warm-up epoch each), and plain gets round(train.epochs x default epoch time / plain epoch time)
 epochs. Timing both in one run keeps the match fair when the machine is busy with something else.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from anomem.metrics import score_metrics
 from anomem.model import AnoMemNet
 from anomem.params import Params, load_params
 from anomem.runtime import git_commit, make_runtime, seed_everything
-from anomem.views import scoring_views, view_features
+from anomem.views import extract, scoring_views
 from benchmarks.common import load_class_images, load_split, step_throughput, variant
 
 OUT = Path("reports/benchmarks/plain_baseline.json")
@@ -41,7 +40,7 @@ def matched_epochs(params: Params, images: torch.Tensor) -> dict:
     return {
         "default_epoch_seconds": default,
         "plain_epoch_seconds": plain,
-        "epochs": max(1, math.floor(params.train.epochs * default / plain)),
+        "epochs": max(1, round(params.train.epochs * default / plain)),
         "probe_images": int(images.shape[0]),
     }
 
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         train_macl(net, normal, None, plain, runtime, seed, progress=False)
         seconds.append(time.perf_counter() - began)
-        bank, _ = view_features(net, normal, runtime, params.train.eval_batch_size, views, desc="bank")
-        feats, _ = view_features(net, test_images, runtime, params.train.eval_batch_size, views, desc="test")
+        bank = extract(net, normal, runtime, params.train.eval_batch_size, views, desc="bank").pooled
+        feats = extract(net, test_images, runtime, params.train.eval_batch_size, views, desc="test").pooled
         name = f"{cls}_{params.data.names[cls]}"
         auroc[name] = score_metrics(split["test_labels"], knn_score(bank, feats, params.detector.knn_k))["auroc"]
         single_view[name] = score_metrics(split["test_labels"], knn_score(bank[:, 0], feats[:, 0], params.detector.knn_k))["auroc"]

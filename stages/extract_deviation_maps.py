@@ -10,13 +10,13 @@ import torch
 
 from anomem import io, layout
 from anomem.data import quarter_turned
-from anomem.deviation import extract, map_bytes
+from anomem.deviation import map_bytes
 from anomem.errors import run_cli
 from anomem.model import AnoMemNet
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
-from anomem.views import scoring_views, view_features
+from anomem.views import extract, scoring_views
 
 SPLITS = ("train_normal", "val_normal", "train_known", "val_known", "test")
 SHIFTED = {
@@ -54,19 +54,25 @@ def main() -> None:
             sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
         views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
         for name, batch in sources.items():
-            maps, _ = extract(net, batch, runtime, params.train.eval_batch_size, desc=name)
-            for s, m in maps.items():
+            rotating = net.rotation_head is not None and name in SCORED
+            got = extract(
+                net,
+                batch,
+                runtime,
+                params.train.eval_batch_size,
+                views=views if name in (KNN_BANK, *SCORED) else [],
+                rotation=rotating,
+                maps=True,
+                desc=name,
+            )
+            for s, m in got.maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)
                 if m.shape[0]:
                     energy[f"{name}_s{s}_mean_energy"] = float((m[:2000].astype(np.float32) ** 2).sum(1).mean())
-            if name in (KNN_BANK, *SCORED):
-                rotating = net.rotation_head is not None and name in SCORED
-                pooled, rotation = view_features(
-                    net, batch, runtime, params.train.eval_batch_size, views, rotation=rotating, desc=f"{name} views"
-                )
-                io.save_npy(out / f"{name}_pooled.npy", pooled)
-                if rotating:
-                    io.save_npy(out / f"{name}_rotation.npy", rotation)
+            if got.pooled is not None:
+                io.save_npy(out / f"{name}_pooled.npy", got.pooled)
+            if rotating:
+                io.save_npy(out / f"{name}_rotation.npy", got.rotation)
         seconds = time.perf_counter() - began
         run.log_metrics({**energy, "seconds": seconds, "bytes": needed, "images": total})
     print(f"{pair}: {total} images -> {needed / 1e6:.0f} MB of deviation maps in {seconds:.1f}s")

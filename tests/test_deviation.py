@@ -8,10 +8,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomem.data import to_float
-from anomem.deviation import deviation_score, extract, fit_scale_weights, map_bytes
+from anomem.deviation import deviation_score, fit_scale_weights, map_bytes
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime
+from anomem.views import IMAGE_AS_IS, extract
 
 RUNTIME = make_runtime("cpu", 0, "fp32")
 
@@ -55,19 +56,19 @@ def test_deviation_score_is_the_weighted_energy_and_ranks_anomalies(deviation_ma
 def test_map_bytes_matches_extract(cifar_train_slice, arch, scales):
     images = cifar_train_slice[0][:5]
     net = _net(arch, scales, images=images)
-    maps, pooled = extract(net, images, RUNTIME, batch_size=2)  # 2 + 2 + 1: a partial last batch
+    maps = extract(net, images, RUNTIME, batch_size=2, maps=True).maps  # 2 + 2 + 1: a partial last batch
     assert sorted(maps) == sorted(scales)
     assert sum(m.nbytes for m in maps.values()) == map_bytes(net, (32, 32), 5)
     for s, m in maps.items():
         px = 32 // 2 ** (s - 1)
         assert m.shape == (5, net.encoder.channels[s], px, px)
-    assert pooled.shape == (5, net.encoder.out_dim)
+    assert map_bytes(net, (32, 32), 0) == 0
 
 
 def test_map_bytes_for_an_odd_image_size(cifar_train_slice):
     images = np.ascontiguousarray(cifar_train_slice[0][:3, :30, :30])  # 30 -> 15 -> 8 px
     net = _net(images=cifar_train_slice[0][:4])
-    maps, _ = extract(net, images, RUNTIME, batch_size=3)
+    maps = extract(net, images, RUNTIME, batch_size=3, maps=True).maps
     assert maps[3].shape[2:] == (8, 8)
     assert sum(m.nbytes for m in maps.values()) == map_bytes(net, (30, 30), 3)
 
@@ -75,25 +76,17 @@ def test_map_bytes_for_an_odd_image_size(cifar_train_slice):
 def test_extract_dtypes_and_values_match_the_model(cifar_train_slice):
     images = cifar_train_slice[0][:6]
     net = _net(images=images)
-    maps, pooled = extract(net, images, RUNTIME, batch_size=4)
-    assert all(m.dtype == np.float16 for m in maps.values())
-    assert pooled.dtype == np.float32
-    dev, feat = net.deviation(to_float(images))
-    for s in maps:
-        assert np.allclose(maps[s].astype(np.float32), dev[s].numpy(), atol=1e-2, rtol=1e-2)
-        assert np.abs(maps[s]).max() > 0
-    assert np.allclose(pooled, feat.numpy(), atol=1e-4)
+    got = extract(net, images, RUNTIME, batch_size=4, views=[IMAGE_AS_IS], maps=True)
+    assert all(m.dtype == np.float16 for m in got.maps.values())
+    assert got.pooled.dtype == np.float32 and got.pooled.shape == (6, 1, net.encoder.out_dim)
+    with torch.no_grad():
+        feats = net.features(to_float(images))
+        dev = net.deviation(feats)
+    for s in got.maps:
+        assert np.allclose(got.maps[s].astype(np.float32), dev[s].numpy(), atol=1e-2, rtol=1e-2)
+        assert np.abs(got.maps[s]).max() > 0
+    assert np.allclose(got.pooled[:, 0], net.pooled(feats).numpy(), atol=1e-4)
     # the batch size changes nothing
-    maps1, pooled1 = extract(net, images, RUNTIME, batch_size=6)
-    assert all(np.allclose(maps[s].astype(np.float32), maps1[s].astype(np.float32), atol=1e-3) for s in maps)
-    assert np.allclose(pooled, pooled1, atol=1e-5)
-
-
-def test_extract_on_no_images(cifar_train_slice):
-    net = _net(images=cifar_train_slice[0][:4])
-    maps, pooled = extract(net, np.zeros((0, 32, 32, 3), np.uint8), RUNTIME, batch_size=8)
-    assert sorted(maps) == [2, 3]
-    assert maps[2].shape == (0, 16, 16, 16) and maps[3].shape == (0, 32, 8, 8)
-    assert all(m.dtype == np.float16 for m in maps.values())
-    assert pooled.shape == (0, 32) and pooled.dtype == np.float32
-    assert map_bytes(net, (32, 32), 0) == 0
+    again = extract(net, images, RUNTIME, batch_size=6, views=[IMAGE_AS_IS], maps=True)
+    assert all(np.allclose(got.maps[s].astype(np.float32), again.maps[s].astype(np.float32), atol=1e-3) for s in got.maps)
+    assert np.allclose(got.pooled, again.pooled, atol=1e-5)

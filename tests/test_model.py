@@ -107,16 +107,13 @@ def test_deviation_maps_per_memory_scale():
     x = _images()
     net.init_memories(x)
     net.eval()
-    maps, pooled = net.deviation(x)
-    with torch.no_grad():
-        feats = net.features(x)
+    feats = net.features(x)
+    maps = net.deviation(feats)
     assert sorted(maps) == [2, 3]
     for s in (2, 3):
         assert maps[s].shape == feats[s].shape
         assert torch.allclose(maps[s], feats[s] - net.memory(s)(feats[s]), atol=1e-6)
         assert maps[s].abs().mean() > 1e-3  # a 16-item memory cannot hold every location
-    assert pooled.shape == (8, net.encoder.out_dim)
-    assert torch.allclose(pooled, net.pooled(feats))
     assert not maps[2].requires_grad
 
 
@@ -128,7 +125,7 @@ def test_deviation_vanishes_when_memory_holds_every_location():
         for s in net.scales:
             locs = feats[s].permute(0, 2, 3, 1).reshape(-1, feats[s].shape[1])
             net.memory(s).items.copy_(locs.repeat(256 // locs.shape[0], 1))
-    maps, _ = net.deviation(x)
+        maps = net.deviation(feats)
     for s in net.scales:
         rel = maps[s].norm() / feats[s].norm()
         assert rel < 1e-2, (s, rel.item())
@@ -139,7 +136,7 @@ def test_deviation_vanishes_when_memory_holds_every_location():
         for s in net.scales:
             locs = other[s].permute(0, 2, 3, 1).reshape(-1, other[s].shape[1])
             net.memory(s).items.copy_(locs.repeat(256 // locs.shape[0], 1))
-    maps, _ = net.deviation(x)
+        maps = net.deviation(feats)
     assert all(maps[s].norm() / feats[s].norm() > 0.1 for s in net.scales)
 
 
@@ -182,9 +179,8 @@ def test_without_memory_the_net_is_plain_and_deviation_is_the_feature_map():
     net = AnoMemNet.from_params(p).eval()
     assert net.scales == [] and len(net.memories) == 0
     x = _images(3)
-    maps, pooled = net.deviation(x)
     feats = net.features(x)
+    maps = net.deviation(feats)
     assert sorted(maps) == [2, 3]
     for s in (2, 3):
         assert torch.equal(maps[s], feats[s])
-    assert pooled.shape == (3, net.encoder.out_dim)

@@ -1,4 +1,5 @@
-"""Test-time views: which views, their pooled features, the rotation score, and the kNN score over views."""
+"""One pass over images and their test-time views: which views, their pooled features, the rotation score, the
+deviation maps from the same passes, and the kNN score over views."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from anomem.knn import knn_score
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime
-from anomem.views import scoring_views, view_features
+from anomem.views import extract, scoring_views
 
 RUNTIME = make_runtime("cpu", 0, "fp32")
 
@@ -38,8 +39,10 @@ def test_features_of_each_view_are_the_features_of_the_turned_or_mirrored_image(
     images, _ = cifar_train_slice
     net = _net()
     views = scoring_views(turns=True, mirror=True)
-    pooled, rotation = view_features(net, images[:5], RUNTIME, batch_size=2, views=views)  # 2 + 2 + 1: a partial batch
-    assert pooled.shape == (5, 8, net.encoder.out_dim) and pooled.dtype == np.float32 and rotation is None
+    got = extract(net, images[:5], RUNTIME, batch_size=2, views=views)  # 2 + 2 + 1: a partial batch
+    pooled = got.pooled
+    assert pooled.shape == (5, 8, net.encoder.out_dim) and pooled.dtype == np.float32
+    assert got.rotation is None and got.maps is None
     x = to_float(images[:5])
     with torch.no_grad():
         for i, (turn, mirrored) in enumerate(views):
@@ -52,7 +55,7 @@ def test_features_of_each_view_are_the_features_of_the_turned_or_mirrored_image(
 def test_rotation_score_is_the_mean_loss_over_the_four_turns(cifar_train_slice, turns):
     images, _ = cifar_train_slice
     net = _net()
-    _, rotation = view_features(net, images[:10], RUNTIME, batch_size=4, views=scoring_views(turns, False), rotation=True)
+    rotation = extract(net, images[:10], RUNTIME, batch_size=4, views=scoring_views(turns, False), rotation=True).rotation
     x = to_float(images[:10])
     with torch.no_grad():  # -mean over the four turns of log p(turn k | image turned by k)
         expected = (
@@ -65,14 +68,32 @@ def test_rotation_score_is_the_mean_loss_over_the_four_turns(cifar_train_slice, 
 
 def test_an_empty_split_gets_arrays_of_the_right_shape():
     net = _net()
-    pooled, rotation = view_features(net, np.zeros((0, 32, 32, 3), np.uint8), RUNTIME, 4, scoring_views(True, False), rotation=True)
-    assert pooled.shape == (0, 4, net.encoder.out_dim) and rotation.shape == (0,)
+    got = extract(net, np.zeros((0, 32, 32, 3), np.uint8), RUNTIME, 4, scoring_views(True, False), rotation=True, maps=True)
+    assert got.pooled.shape == (0, 4, net.encoder.out_dim) and got.rotation.shape == (0,)
+    assert got.maps[2].shape == (0, 16, 16, 16) and got.maps[3].shape == (0, 32, 8, 8)
+    assert all(m.dtype == np.float16 for m in got.maps.values())
+    maps_only = extract(net, np.zeros((0, 32, 32, 3), np.uint8), RUNTIME, 4, maps=True)
+    assert maps_only.pooled is None and maps_only.rotation is None and sorted(maps_only.maps) == [2, 3]
+
+
+def test_maps_views_and_rotation_from_shared_passes_equal_each_computed_alone(cifar_train_slice):
+    images, _ = cifar_train_slice
+    net = _net()
+    views = scoring_views(turns=True, mirror=False)
+    together = extract(net, images[:6], RUNTIME, batch_size=4, views=views, rotation=True, maps=True)
+    maps_alone = extract(net, images[:6], RUNTIME, batch_size=4, maps=True).maps
+    views_alone = extract(net, images[:6], RUNTIME, batch_size=4, views=views, rotation=True)
+    assert sorted(together.maps) == [2, 3]
+    for s in together.maps:
+        np.testing.assert_array_equal(together.maps[s], maps_alone[s])
+    np.testing.assert_array_equal(together.pooled, views_alone.pooled)
+    np.testing.assert_array_equal(together.rotation, views_alone.rotation)
 
 
 def test_the_rotation_score_needs_a_rotation_head(cifar_train_slice):
     images, _ = cifar_train_slice
     with pytest.raises(ValueError, match="rotation head"):
-        view_features(_net(rotation_weight=0.0), images[:2], RUNTIME, 2, scoring_views(False, False), rotation=True)
+        extract(_net(rotation_weight=0.0), images[:2], RUNTIME, 2, scoring_views(False, False), rotation=True)
 
 
 def test_knn_over_views_averages_each_view_against_the_same_view_of_the_bank():

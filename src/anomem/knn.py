@@ -10,7 +10,7 @@ import torch.nn.functional as F
 def knn_score(train_features: np.ndarray, features: np.ndarray, k: int = 1, chunk: int = 2048) -> np.ndarray:
     """1 - mean cosine similarity to the k nearest training features; higher means more anomalous.
 
-    Features (N, D), or (N, V, D) with a view axis (views.view_features): each view is then scored against
+    Features (N, D), or (N, V, D) with a view axis (views.extract): each view is then scored against
     the same view of the training features, and the scores are averaged over views.
     """
     if features.ndim == 3:

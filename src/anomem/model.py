@@ -89,8 +89,6 @@ class AnoMemNet(nn.Module):
                 self.memory(s).init_from_features(feats[s], generator)
 
     @torch.no_grad()
-    def deviation(self, x: torch.Tensor) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-        """D_s = F_s - read(F_s) at every map scale (F_s without memories), and the pooled feature (kNN)."""
-        feats = self.features(x)
-        maps = {s: feats[s] - self.memory(s)(feats[s]) if self.scales else feats[s] for s in self.map_scales}
-        return maps, self.pooled(feats)
+    def deviation(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """D_s = F_s - read(F_s) at every map scale, from the plain-path `features` (F_s itself without memories)."""
+        return {s: feats[s] - self.memory(s)(feats[s]) if self.scales else feats[s] for s in self.map_scales}

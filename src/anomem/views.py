@@ -1,11 +1,15 @@
-"""Test-time views of an image (quarter turns, mirror image) and the encoder's pooled feature of each.
+"""One pass of the frozen network over images and their test-time views (quarter turns, mirror image).
 
-The kNN score compares each view with the same view of the normal training images and averages
-over views (CSI's ensemble over shifted views). The rotation score -mean_k log p(k | rot_k(x)) needs the
-four unmirrored turns, so both are computed from one set of forward passes.
+Each forward pass yields what the later stages need from it: the deviation maps of the image as it is,
+the pooled feature of every view (the kNN score compares each view with the same view of the normal
+training images and averages over views, CSI's ensemble over shifted views), and the rotation score
+-mean_k log p(k | rot_k(x)), which needs the four unmirrored turns. Sharing the passes means no view is
+computed twice.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,42 +20,67 @@ from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.runtime import Runtime
 
 View = tuple[int, bool]  # (quarter turns, mirrored)
+IMAGE_AS_IS: View = (0, False)
+
+
+class Extracted(NamedTuple):
+    maps: dict[int, np.ndarray] | None  # scale -> (N, C_s, H_s, W_s) float16, with maps=True
+    pooled: np.ndarray | None  # (N, len(views), D) float32, when views are asked for
+    rotation: np.ndarray | None  # (N,) float64, with rotation=True
 
 
 def scoring_views(turns: bool, mirror: bool) -> list[View]:
-    """The views the kNN score averages over; the image as it is, (0, False), comes first."""
+    """The views the kNN score averages over; the image as it is comes first."""
     return [(k, m) for m in ((False, True) if mirror else (False,)) for k in (range(ROTATIONS) if turns else (0,))]
 
 
 @torch.no_grad()
-def view_features(
+def extract(
     net: AnoMemNet,
     images: np.ndarray,
     runtime: Runtime,
     batch_size: int,
-    views: list[View],
+    views: list[View] = (),
     rotation: bool = False,
-    desc: str = "views",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Pooled features (N, len(views), D) of uint8 NHWC images, and with rotation=True their rotation score (N,)."""
+    maps: bool = False,
+    desc: str = "extract",
+) -> Extracted:
+    """For uint8 NHWC images: the pooled feature of each of `views`, the rotation score, and the deviation maps.
+
+    Runs in float32: a deviation is a small difference of two features, which bf16 would blur.
+    """
     if rotation and net.rotation_head is None:
         raise ValueError("the rotation score needs a network with a rotation head (contrastive.rotation_weight > 0)")
-    net.eval().to(runtime.device)
     n = images.shape[0]
+    if n == 0 and maps:  # an empty split (no known anomalies in one_class) still gets maps of the right shape
+        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc)
+        return Extracted(
+            {s: m[:0] for s, m in one.maps.items()},
+            None if one.pooled is None else one.pooled[:0],
+            None if one.rotation is None else one.rotation[:0],
+        )
+    net.eval().to(runtime.device)
     slot = {view: i for i, view in enumerate(views)}
-    passes = list(dict.fromkeys([*views, *(((k, False) for k in range(ROTATIONS)) if rotation else ())]))
-    pooled = np.empty((n, len(views), net.encoder.out_dim), np.float32)
+    passes = list(dict.fromkeys([*([IMAGE_AS_IS] if maps else []), *views, *(((k, False) for k in range(ROTATIONS)) if rotation else ())]))
+    deviation: dict[int, np.ndarray] | None = {} if maps else None
+    pooled = np.empty((n, len(views), net.encoder.out_dim), np.float32) if views else None
     scores = np.empty(n, np.float64) if rotation else None
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", dynamic_ncols=True):
         x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
         end = start + x.shape[0]
         total = torch.zeros(x.shape[0], device=x.device)
         for turn, mirrored in passes:
-            feature = net.pooled(net.features(rotate(x.flip(3) if mirrored else x, torch.full((x.shape[0],), turn))))
+            feats = net.features(rotate(x.flip(3) if mirrored else x, torch.full((x.shape[0],), turn)))
+            if deviation is not None and (turn, mirrored) == IMAGE_AS_IS:
+                for s, d in net.deviation(feats).items():
+                    deviation.setdefault(s, np.empty((n, *d.shape[1:]), np.float16))[start:end] = d.float().cpu().numpy()
+            if pooled is None and not rotation:
+                continue
+            feature = net.pooled(feats)
             if (turn, mirrored) in slot:
                 pooled[start:end, slot[turn, mirrored]] = feature.cpu().numpy()
             if rotation and not mirrored:
                 total -= torch.log_softmax(net.rotation_head(feature).float(), dim=1)[:, turn]
         if scores is not None:
             scores[start:end] = (total / ROTATIONS).cpu().numpy()
-    return pooled, scores
+    return Extracted(deviation, pooled, scores)
