@@ -1,0 +1,180 @@
+"""Which pooled feature should the kNN score compare? Every variant, scored on the features of trained stage-1 models.
+
+    python -m benchmarks.knn_probe                     # the grid's models of classes 2 3 5 0, one_class
+    python -m benchmarks.knn_probe --classes 0 1 2 3 4 5 6 7 8 9
+    python -m benchmarks.knn_probe --root DIR --out reports/benchmarks/knn_probe_plain.json
+        # models kept by `python -m benchmarks.ablate --keep DIR -S ...` (a plain SimCLR run, say)
+
+Nothing is trained: it reads <root>/data/models/<pair>/model.pt with <root>/params.yaml (what `dvc repro` or
+`benchmarks.ablate --keep` left) and the images in data/prepared. Stage 1 is deterministic on the CPU, so the
+grid's models give the same figures as a re-training. The bank is the normal training images; every variant but
+"image alone" averages over the four quarter turns, each scored against the same turn of the bank, as the
+committed kNN score does (`detector.knn_turns`). "+ rotation" sums a variant with the rotation score, each
+standardised on val_normal (ensemble.combined_score). Mean AUROC per variant lands in
+reports/benchmarks/knn_probe.json and is printed as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+from tqdm.auto import tqdm
+
+from anomem import io, layout
+from anomem.data import to_float
+from anomem.ensemble import combined_score
+from anomem.errors import DataError
+from anomem.knn import knn_score
+from anomem.metrics import score_metrics
+from anomem.model import ROTATIONS, AnoMemNet, rotate
+from anomem.params import Params, load_params, pair_id
+from anomem.runtime import git_commit, make_runtime
+from benchmarks.common import load_split
+
+OUT = Path("reports/benchmarks/knn_probe.json")
+Features = dict[str, np.ndarray]  # "avg{s}" / "max{s}": (N, turns, C_s); "z": (N, turns, P); "rotation": (N,)
+
+
+@torch.no_grad()
+def turned_features(net: AnoMemNet, images: np.ndarray, batch_size: int, device: torch.device) -> Features:
+    """Average- and max-pooled F_s of every stage, and the projection z, for each quarter turn of uint8 NHWC images."""
+    net.eval().to(device)
+    out: dict[str, list[np.ndarray]] = {}
+    for start in tqdm(range(0, images.shape[0], batch_size), desc="features", unit="batch", dynamic_ncols=True, leave=False):
+        x = to_float(images[start : start + batch_size]).to(device)
+        per_turn: dict[str, list[torch.Tensor]] = {}
+        rotation = torch.zeros(x.shape[0], device=device)
+        for turn in range(ROTATIONS):
+            feats = net.features(rotate(x, torch.full((x.shape[0],), turn)))
+            for s, f in feats.items():
+                per_turn.setdefault(f"avg{s}", []).append(f.float().mean((2, 3)))
+                per_turn.setdefault(f"max{s}", []).append(f.float().amax((2, 3)))
+            pooled = net.pooled(feats)
+            per_turn.setdefault("z", []).append(net.project(pooled).float())
+            if net.rotation_head is not None:
+                rotation -= torch.log_softmax(net.rotation_head(pooled).float(), dim=1)[:, turn]
+        for key, views in per_turn.items():
+            out.setdefault(key, []).append(torch.stack(views, 1).cpu().numpy())
+        if net.rotation_head is not None:
+            out.setdefault("rotation", []).append((rotation / ROTATIONS).cpu().numpy().astype(np.float64))
+    return {key: np.concatenate(parts) for key, parts in out.items()}
+
+
+def side_by_side(features: Features, keys: tuple[str, ...]) -> np.ndarray:
+    """The named features, each L2-normalised, concatenated along the feature axis (N, turns, sum of C)."""
+    return np.concatenate([F.normalize(torch.from_numpy(features[k]), dim=-1).numpy() for k in keys], axis=-1)
+
+
+def mahalanobis_score(bank: Features, query: Features, keys: tuple[str, ...]) -> np.ndarray:
+    """Squared Mahalanobis distance to the bank (Ledoit-Wolf covariance) of the named features concatenated,
+    per turn, averaged over turns."""
+    b, q = (np.concatenate([f[k] for k in keys], axis=-1) for f in (bank, query))
+    return np.mean([LedoitWolf().fit(b[:, turn]).mahalanobis(q[:, turn]) for turn in range(q.shape[1])], axis=0)
+
+
+def csi_score(bank: Features, query: Features) -> np.ndarray:
+    """CSI's score on z, negated so that higher means more anomalous: -(max cosine similarity x norm), per turn, averaged."""
+    b = F.normalize(torch.from_numpy(bank["z"]), dim=-1)
+    q = torch.from_numpy(query["z"])
+    similarity = torch.einsum("ntd,mtd->ntm", F.normalize(q, dim=-1), b).amax(-1)
+    return (-(similarity * q.norm(dim=-1)).mean(1)).numpy().astype(np.float64)
+
+
+def scale_keys(prefix: str, scales: range) -> tuple[str, ...]:
+    return tuple(f"{prefix}{s}" for s in scales)
+
+
+def variants(last: int) -> dict[str, Callable[[Features, Features], np.ndarray]]:
+    """Each kNN feature or score, by name; `last` is the encoder's last stage (S3 for the CIFAR ResNets)."""
+    knn = lambda keys, k=1, turns=slice(None): lambda b, q: knn_score(side_by_side(b, keys)[:, turns], side_by_side(q, keys)[:, turns], k)
+    below = last - 1
+    return {
+        f"S{last} pooled (the committed kNN score)": knn((f"avg{last}",)),
+        f"S{last}, the image alone (no turns)": knn((f"avg{last}",), turns=slice(0, 1)),
+        f"S{below} pooled": knn((f"avg{below}",)),
+        f"S{below} and S{last} side by side": knn(scale_keys("avg", range(below, last + 1))),
+        f"S1 to S{last} side by side": knn(scale_keys("avg", range(1, last + 1))),
+        f"S{below} and S{last}, average- and max-pooled": knn(
+            scale_keys("avg", range(below, last + 1)) + scale_keys("max", range(below, last + 1))
+        ),
+        "projection output z": knn(("z",)),
+        "z, CSI's score (similarity x norm)": csi_score,
+        f"S{last}, k = 5": knn((f"avg{last}",), k=5),
+        f"Mahalanobis on S{last}": lambda b, q: mahalanobis_score(b, q, (f"avg{last}",)),
+        f"Mahalanobis on S{below} and S{last}": lambda b, q: mahalanobis_score(b, q, scale_keys("avg", range(below, last + 1))),
+        f"Mahalanobis on S1 to S{last}": lambda b, q: mahalanobis_score(b, q, scale_keys("avg", range(1, last + 1))),
+    }
+
+
+def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """AUROC of every variant on one pair's test split, alone and (with a rotation head) summed with the rotation score."""
+    split = load_split(cls, setting)
+    train = np.load(layout.images_file("train"), mmap_mode="r")
+    test = np.load(layout.images_file("test"), mmap_mode="r")
+    bank = turned_features(net, train[split["train_normal"]], batch_size, device)
+    val = turned_features(net, train[split["val_normal"]], batch_size, device)
+    query = turned_features(net, test[split["test"]], batch_size, device)
+    result: dict[str, dict[str, float]] = {}
+    for name, score in variants(net.encoder.num_stages).items():
+        on_test, on_val = score(bank, query), score(bank, val)
+        result[name] = {"knn": score_metrics(split["test_labels"], on_test)["auroc"]}
+        if "rotation" in query:
+            summed = combined_score({"knn": (on_test, on_val), "rotation": (query["rotation"], val["rotation"])})
+            result[name]["knn+rotation"] = score_metrics(split["test_labels"], summed)["auroc"]
+    if "rotation" in query:
+        result["the rotation score alone"] = {"knn": score_metrics(split["test_labels"], query["rotation"])["auroc"]}
+    return result
+
+
+def load_model(root: Path, params: Params, pair: str) -> AnoMemNet:
+    path = root / layout.model_dir(pair) / "model.pt"
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `dvc repro train_contrastive_memory@{pair}` (or `benchmarks.ablate --keep {root}`) first")
+    net = AnoMemNet.from_params(params)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    return net
+
+
+def markdown(per_class: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Mean AUROC (%) of each variant over the classes, alone and with the rotation score."""
+    names = list(next(iter(per_class.values())))
+    lines = [f"| kNN feature or score ({len(per_class)} classes) | mean AUROC | + rotation |", "|---|---|---|"]
+    for name in names:
+        cells = [f"{100 * np.mean([per_class[c][name][col] for c in per_class]):.1f}" if col in per_class[next(iter(per_class))][name] else "–"
+                 for col in ("knn", "knn+rotation")]  # fmt: skip
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", type=Path, default=Path("."), help="the folder holding params.yaml and data/models")
+    parser.add_argument("--classes", type=int, nargs="+", default=[2, 3, 5, 0])
+    parser.add_argument("--setting", default="one_class", choices=("one_class", "unbalanced"))
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    params = load_params(args.root / "params.yaml")
+    runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    seed = params.experiment.seeds[0]
+    per_class = {}
+    for cls in args.classes:
+        pair = pair_id(cls, args.setting, seed)
+        per_class[f"{cls}_{params.data.names[cls]}"] = probe_pair(
+            load_model(args.root, params, pair), cls, args.setting, params.train.eval_batch_size, runtime.device
+        )
+        print(f"{pair}: done", flush=True)
+    table = markdown(per_class)
+    io.write_json(args.out, {"git_commit": git_commit(), "root": str(args.root), "setting": args.setting, "seed": seed,
+                             "classes": args.classes, "auroc": per_class, "table": table})  # fmt: skip
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
