@@ -118,17 +118,20 @@ def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: 
     train = np.load(layout.images_file("train"), mmap_mode="r")
     test = np.load(layout.images_file("test"), mmap_mode="r")
     bank = turned_features(net, train[split["train_normal"]], batch_size, device)
-    val = turned_features(net, train[split["val_normal"]], batch_size, device)
-    query = turned_features(net, test[split["test"]], batch_size, device)
+    # Test and val_normal in one pass and one score call, so each variant fits its bank statistics once.
+    queries = turned_features(net, np.concatenate([test[split["test"]], train[split["val_normal"]]]), batch_size, device)
+    n_test = len(split["test"])
+    labels = split["test_labels"]
     result: dict[str, dict[str, float]] = {}
     for name, score in variants(net.encoder.num_stages).items():
-        on_test, on_val = score(bank, query), score(bank, val)
-        result[name] = {"knn": score_metrics(split["test_labels"], on_test)["auroc"]}
-        if "rotation" in query:
-            summed = combined_score({"knn": (on_test, on_val), "rotation": (query["rotation"], val["rotation"])})
-            result[name]["knn+rotation"] = score_metrics(split["test_labels"], summed)["auroc"]
-    if "rotation" in query:
-        result["the rotation score alone"] = {"knn": score_metrics(split["test_labels"], query["rotation"])["auroc"]}
+        scores = score(bank, queries)
+        result[name] = {"knn": score_metrics(labels, scores[:n_test])["auroc"]}
+        if "rotation" in queries:
+            rotation = queries["rotation"]
+            summed = combined_score({"knn": (scores[:n_test], scores[n_test:]), "rotation": (rotation[:n_test], rotation[n_test:])})
+            result[name]["knn+rotation"] = score_metrics(labels, summed)["auroc"]
+    if "rotation" in queries:
+        result["the rotation score alone"] = {"knn": score_metrics(labels, queries["rotation"][:n_test])["auroc"]}
     return result
 
 
@@ -142,13 +145,14 @@ def load_model(root: Path, params: Params, pair: str) -> AnoMemNet:
 
 
 def markdown(per_class: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Mean AUROC (%) of each variant over the classes, alone and with the rotation score."""
-    names = list(next(iter(per_class.values())))
+    """Mean AUROC (%) of each variant over the classes, alone and with the rotation score ("–" where a model has none)."""
+
+    def mean_cell(name: str, column: str) -> str:
+        values = [scores[name].get(column) for scores in per_class.values()]
+        return "–" if None in values else f"{100 * np.mean(values):.1f}"
+
     lines = [f"| kNN feature or score ({len(per_class)} classes) | mean AUROC | + rotation |", "|---|---|---|"]
-    for name in names:
-        cells = [f"{100 * np.mean([per_class[c][name][col] for c in per_class]):.1f}" if col in per_class[next(iter(per_class))][name] else "–"
-                 for col in ("knn", "knn+rotation")]  # fmt: skip
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    lines += [f"| {name} | {mean_cell(name, 'knn')} | {mean_cell(name, 'knn+rotation')} |" for name in next(iter(per_class.values()))]
     return "\n".join(lines)
 
 
