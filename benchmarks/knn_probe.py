@@ -122,16 +122,16 @@ def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: 
     queries = turned_features(net, np.concatenate([test[split["test"]], train[split["val_normal"]]]), batch_size, device)
     n_test = len(split["test"])
     labels = split["test_labels"]
+    rotation = queries.get("rotation")
     result: dict[str, dict[str, float]] = {}
     for name, score in variants(net.encoder.num_stages).items():
         scores = score(bank, queries)
         result[name] = {"knn": score_metrics(labels, scores[:n_test])["auroc"]}
-        if "rotation" in queries:
-            rotation = queries["rotation"]
+        if rotation is not None:
             summed = combined_score({"knn": (scores[:n_test], scores[n_test:]), "rotation": (rotation[:n_test], rotation[n_test:])})
             result[name]["knn+rotation"] = score_metrics(labels, summed)["auroc"]
-    if "rotation" in queries:
-        result["the rotation score alone"] = {"knn": score_metrics(labels, queries["rotation"][:n_test])["auroc"]}
+    if rotation is not None:
+        result["the rotation score alone"] = {"knn": score_metrics(labels, rotation[:n_test])["auroc"]}
     return result
 
 
