@@ -1,8 +1,8 @@
 """The anomaly distance detector phi on deviation maps, with PyOD's fit / decision_function.
 
-phi, per scale: 1x1 conv to k channels, 3x3 conv, ReLU, global average and max pooling (`detector.pooling:
-avg`: average only); the scales are concatenated and an MLP maps them to R^d. No biases anywhere, so phi cannot map everything onto the
-centre (the Deep SVDD rule). One-class: Deep SVDD; with known anomalies: Deep SAD.
+phi, per scale: 1x1 conv to k channels, 3x3 conv, ReLU, global average and max pooling (average only with
+`detector.pooling: avg`); the scales are concatenated and an MLP maps them to R^d. No biases anywhere, so phi
+cannot map everything onto the centre (the Deep SVDD rule). One-class: Deep SVDD; with known anomalies: Deep SAD.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class DeviationNet(nn.Module):
 class AnomalyDistanceDetector:
     """fit(X, y) with X a {scale: (N, C, H, W)} mapping of deviation maps and y 1 for known anomalies.
 
-    decision_function(X): ||phi(D) - c||^2, higher means more anomalous. With validation data and
-    `select: best_val`, the epoch with the lowest validation objective is kept (the test split is never looked at);
+    decision_function(X): ||phi(D) - c||^2, higher means more anomalous. With validation data and `select:
+    best_val`, the epoch with the lowest validation objective is kept (the test split is never looked at);
     otherwise the last.
     """
 
