@@ -58,7 +58,7 @@ def turned_features(net: AnoMemNet, images: np.ndarray, batch_size: int, device:
             pooled = net.pooled(feats)
             per_turn.setdefault("z", []).append(net.project(pooled).float())
             if net.rotation_head is not None:
-                rotation -= torch.log_softmax(net.rotation_head(pooled).float(), dim=1)[:, turn]
+                rotation += net.rotation_nll(pooled, turn)
         for key, views in per_turn.items():
             out.setdefault(key, []).append(torch.stack(views, 1).cpu().numpy())
         if net.rotation_head is not None:
@@ -140,7 +140,7 @@ def load_model(root: Path, params: Params, pair: str) -> AnoMemNet:
     if not path.exists():
         raise DataError(f"{path}: missing; run `dvc repro train_contrastive_memory@{pair}` (or `benchmarks.ablate --keep {root}`) first")
     net = AnoMemNet.from_params(params)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+    net.load_state_dict(io.load_torch(path)["model"])
     return net
 
 

@@ -1,4 +1,4 @@
-"""Stage extract_deviation_maps: freeze E and the memories, write D_s for every split as float16, the kNN score's
+"""Stage extract_deviation_maps: freeze E and the memories, write D_s for every split (float16 by default), the kNN score's
 pooled features of each test-time view, and the rotation score."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from anomem import io, layout
 from anomem.data import quarter_turned
@@ -32,7 +31,7 @@ def main() -> None:
     args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
 
     net = AnoMemNet.from_params(params)
-    net.load_state_dict(torch.load(layout.model_dir(pair) / "model.pt", map_location="cpu", weights_only=False)["model"])
+    net.load_state_dict(io.load_torch(layout.model_dir(pair) / "model.pt")["model"])
     with np.load(layout.split_file(args.cls, args.setting)) as f:
         split = {k: f[k] for k in f.files}
     images = {
@@ -43,7 +42,7 @@ def main() -> None:
     total = sum(split[s].size for s in SPLITS) + (
         sum(split[s].size for s in SHIFTED.values()) if uses_shifted_negatives(params, args.setting) else 0
     )
-    needed = map_bytes(net, images["train"].shape[1:3], total)
+    needed = map_bytes(net, images["train"].shape[1:3], total, params.detector.map_dtype)
     io.require_free_space(out.parent, int(needed * 1.05), f"the deviation maps of {pair}")
 
     with stage_run(params, "extract_deviation_maps", pair, args.seed) as run:
@@ -64,6 +63,7 @@ def main() -> None:
                 rotation=rotating,
                 maps=True,
                 desc=name,
+                map_dtype=params.detector.map_dtype,
             )
             for s, m in got.maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)

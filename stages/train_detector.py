@@ -54,7 +54,7 @@ def main() -> None:
             y_val,
             on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
         )
-        weights = fit_scale_weights(maps["train_normal"])
+        weights = fit_scale_weights(maps["train_normal"], params.detector.scale_weights)
         scorers = {
             "detector": lambda split: detector.decision_function(maps[split]),
             "deviation": lambda split: deviation_score(maps[split], weights),

@@ -145,3 +145,45 @@ def test_same_seed_same_scores(data):
     c = AnomalyDistanceDetector(_params(epochs=3), seed=8, progress=False).fit(train).decision_function(test)
     assert np.array_equal(a, b)
     assert not np.allclose(a, c)
+
+
+def test_select_last_keeps_the_last_epoch(data, deviation_maps):
+    train, _, _ = data
+    val, y_val = deviation_maps(64, 8, seed=5)
+    det = AnomalyDistanceDetector(_params(epochs=8, select="last"), seed=0, progress=False).fit(train, X_val=val, y_val=y_val)
+    assert det.best_epoch == 7
+    assert det.objective(val, y_val) == pytest.approx(det.history[-1]["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"pooling": "avg"},
+        {"optimizer": "sgd", "lr": 1e-5},  # plain SGD needs a far smaller step than Adam on the 1/dist term
+        {"loss_reduction": "joint"},
+        {"known_sampling": "epoch"},
+    ],
+    ids=lambda o: next(iter(o.values())),
+)
+def test_each_alternative_still_separates_planted_anomalies(deviation_maps, data, over):
+    train, test, y_test = data
+    known, _ = deviation_maps(0, 16, seed=3)
+    X = {s: np.concatenate([train[s], known[s]]) for s in train}
+    y = np.r_[np.zeros(256, np.int64), np.ones(16, np.int64)]
+    det = AnomalyDistanceDetector(_params(known_batch_size=8, **over), seed=0, progress=False).fit(X, y)
+    assert roc_auc_score(y_test, det.decision_function(test)) > 0.9
+    restored = AnomalyDistanceDetector(_params(known_batch_size=8, **over), progress=False).load_state_dict(det.state_dict())
+    assert np.array_equal(restored.decision_function(test), det.decision_function(test))
+
+
+def test_average_pooling_halves_the_head_input():
+    from anomem.detector import DeviationNet
+
+    both, avg = DeviationNet({2: 16, 3: 32}, 8, 32, 16), DeviationNet({2: 16, 3: 32}, 8, 32, 16, pooling="avg")
+    assert both.head[0].in_features == 32 and avg.head[0].in_features == 16
+
+
+def test_a_diverging_fit_names_the_param_to_lower(data):
+    train, _, _ = data
+    with pytest.raises(FloatingPointError, match="detector.lr"):
+        AnomalyDistanceDetector(_params(optimizer="sgd", lr=10.0), progress=False).fit(train)

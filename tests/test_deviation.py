@@ -90,3 +90,21 @@ def test_extract_dtypes_and_values_match_the_model(cifar_train_slice):
     again = extract(net, images, RUNTIME, batch_size=6, views=[IMAGE_AS_IS], maps=True)
     assert all(np.allclose(got.maps[s].astype(np.float32), again.maps[s].astype(np.float32), atol=1e-3) for s in got.maps)
     assert np.allclose(got.pooled, again.pooled, atol=1e-5)
+
+
+def test_uniform_scale_weights_are_one(deviation_maps):
+    maps, _ = deviation_maps(20, 0)
+    assert fit_scale_weights(maps, "uniform") == {2: 1.0, 3: 1.0}
+    with pytest.raises(ValueError, match="rule"):
+        fit_scale_weights(maps, "median")
+
+
+def test_float32_maps_match_float16_within_its_precision_and_take_twice_the_bytes(cifar_train_slice):
+    images = cifar_train_slice[0][:4]
+    net = _net("resnet20", (2, 3), images=images)
+    half = extract(net, images, RUNTIME, batch_size=2, maps=True).maps
+    full = extract(net, images, RUNTIME, batch_size=2, maps=True, map_dtype="float32").maps
+    for s in half:
+        assert full[s].dtype == np.float32 and half[s].dtype == np.float16
+        assert np.allclose(full[s], half[s].astype(np.float32), rtol=1e-3, atol=1e-3)
+    assert sum(m.nbytes for m in full.values()) == map_bytes(net, (32, 32), 4, "float32") == 2 * map_bytes(net, (32, 32), 4)

@@ -271,3 +271,17 @@ def test_written_files_are_readable_by_others(tmp_path, write):
     mode = target.stat().st_mode & 0o777
     assert mode & 0o044 != 0
     assert mode == 0o666 & ~umask
+
+
+def test_load_torch_round_trip_and_clear_errors(tmp_path):
+    import torch
+
+    from anomem.errors import DataError
+
+    io.save_torch(tmp_path / "model.pt", {"model": {"w": torch.arange(3)}})
+    assert torch.equal(io.load_torch(tmp_path / "model.pt")["model"]["w"], torch.arange(3))
+    with pytest.raises(DataError, match="missing"):
+        io.load_torch(tmp_path / "absent.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "model.pt").read_bytes()[:40])  # a truncated write
+    with pytest.raises(DataError, match="cut.pt: not a readable torch file"):
+        io.load_torch(tmp_path / "cut.pt")

@@ -131,3 +131,16 @@ def test_deep_sad_gradient_pulls_normals_in_and_pushes_known_out():
     deep_sad_loss(dist, known, 1.0, 1e-6).backward()
     assert (dist.grad[~known] > 0).all()
     assert (dist.grad[known] < 0).all()
+
+
+def test_joint_deep_sad_is_one_mean_over_the_batch():
+    dist = torch.tensor([1.0, 2.0, 0.5, 4.0])
+    known = torch.tensor([False, False, True, False])
+    eta, eps = 2.0, 1e-6
+    expected = (1.0 + 2.0 + eta / (0.5 + eps) + 4.0) / 4
+    assert deep_sad_loss(dist, known, eta, eps, "joint").item() == pytest.approx(expected, rel=1e-6)
+    # with no known anomaly both reductions are the Deep SVDD mean
+    assert deep_sad_loss(dist, torch.zeros(4, dtype=torch.bool), eta, eps, "joint").item() == pytest.approx(1.875)
+    assert deep_sad_loss(dist, known, eta, eps, "separate").item() != pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="reduction"):
+        deep_sad_loss(dist, known, eta, eps, "sum")

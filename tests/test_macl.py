@@ -173,3 +173,60 @@ def test_rotation_weight_without_a_head_is_refused(cifar_train_slice):
     p = _variant_params(rotation_weight=1.0, epochs=1)
     with pytest.raises(ValueError, match="rotation_head"):
         macl.train_macl(AnoMemNet(p.model, p.memory), _class(cifar_train_slice, 0, 50), None, p, RUNTIME, 0, progress=False)
+
+
+def test_resume_with_epoch_sampled_known_anomalies_reproduces_the_run(cifar_train_slice):
+    p = _params(epochs=3, checkpoint_every_epochs=1, batch_size=16, known_sampling="epoch", known_batch_size=4)
+    normal = _class(cifar_train_slice, 0, 32)
+    known = torch.cat([_class(cifar_train_slice, c, 3) for c in (1, 2, 3)])  # 9 known, 4 a step: passes end mid-epoch
+    straight, hist_straight = _train(p, normal, 1, known=known)
+    captured = []
+    _train(p, normal, 1, known=known, save_checkpoint=lambda st: captured.append(_snapshot(st)))
+    assert "known_draws" in captured[0]
+    seed_everything(101)
+    fresh = AnoMemNet(p.model, p.memory)
+    hist_resumed = macl.train_macl(fresh, normal, known, p, RUNTIME, 1, resume_from=captured[0], progress=False)
+    assert [h["loss"] for h in hist_resumed] == [h["loss"] for h in hist_straight]
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_known_negatives_off_is_the_one_class_run(cifar_train_slice):
+    p = _params(epochs=1, batch_size=25, known_negatives=False)
+    normal = _class(cifar_train_slice, 0, 50)
+    known = torch.cat([_class(cifar_train_slice, c, 5) for c in (1, 2, 3)])
+    ignoring, hist_ignoring = _train(p, normal, known=known)
+    one_class, hist_one_class = _train(p, normal, known=None)
+    assert hist_ignoring[0]["loss"] == hist_one_class[0]["loss"]
+    assert all(torch.equal(a, b) for a, b in zip(ignoring.state_dict().values(), one_class.state_dict().values()))
+
+
+def test_step_schedule_and_memory_decay():
+    net = AnoMemNet(_params().model, _params().memory)
+    p = _params(epochs=5, warmup_epochs=1, schedule="step", decay_memory=True, lr=1.0)
+    opt, sched = macl.build_optimizer(net, p, steps_per_epoch=4)  # 4 warm-up steps, then 16
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[4:12] == pytest.approx([1.0] * 8) and lrs[12:16] == pytest.approx([0.1] * 4) and lrs[16:] == pytest.approx([0.01] * 4)
+    decayed = {id(t) for t in opt.param_groups[0]["params"]}
+    assert all(id(net.memory(s).items) in decayed for s in net.scales)
+    opt_default, _ = macl.build_optimizer(net, _params(), steps_per_epoch=4)
+    assert not any(id(net.memory(s).items) in {id(t) for t in opt_default.param_groups[0]["params"]} for s in net.scales)
+
+
+def test_dataset_input_norm_uses_the_normal_images_statistics(cifar_train_slice):
+    from anomem.data import channel_stats
+
+    base = _params(epochs=1, batch_size=25)
+    p = base.model_copy(update={"model": base.model.model_copy(update={"input_norm": "dataset"})})
+    normal = _class(cifar_train_slice, 0, 50)
+    net, _ = _train(p, normal)
+    mean, std = channel_stats(normal)
+    pixels = normal.double().div(255).reshape(-1, 3)
+    assert torch.allclose(mean.double(), pixels.mean(0), atol=1e-6) and torch.allclose(
+        std.double(), pixels.std(0, unbiased=False), atol=1e-6
+    )
+    assert torch.allclose(net.input_mean.flatten(), mean) and torch.allclose(net.input_std.flatten(), std)

@@ -202,3 +202,30 @@ def test_params_reject_a_one_item_memory():
     with pytest.raises(ParamsError, match=r"memory.size = 1"):
         parse_params({"memory": {"size": 1}})
     assert torch.isfinite(_memory(size=2, dim=4).variance_penalty())
+
+
+def test_dot_read_is_scaled_dot_product_attention_over_raw_items():
+    torch.manual_seed(0)
+    mem = HopfieldMemory(16, 8, 2.0, read="dot")
+    with torch.no_grad():
+        mem.items.copy_(torch.randn(16, 8))
+    fmap = torch.randn(2, 8, 3, 3)
+    z = _locations(fmap)
+    att = torch.softmax(2.0 * z @ mem.items.t() / math.sqrt(8), dim=1)
+    assert torch.allclose(mem.attention(fmap), att, atol=1e-6)
+    expected = (att @ mem.items).view(2, 3, 3, 8).permute(0, 3, 1, 2)
+    assert torch.allclose(mem(fmap), expected, atol=1e-5)
+    cosine = _memory(beta=2.0)
+    assert not torch.allclose(cosine(fmap), mem(fmap), atol=1e-3)  # the two reads really differ
+
+
+def test_unknown_read_is_refused():
+    with pytest.raises(ValueError, match="read must be"):
+        HopfieldMemory(4, 8, 1.0, read="l2")
+
+
+def test_init_from_noise_seeds_standard_normal_items():
+    mem = HopfieldMemory(512, 16, 10.0)
+    mem.init_from_noise(torch.Generator().manual_seed(0))
+    assert bool(mem.initialized)
+    assert abs(mem.items.mean().item()) < 0.05 and abs(mem.items.std().item() - 1) < 0.05

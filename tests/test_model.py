@@ -184,3 +184,72 @@ def test_without_memory_the_net_is_plain_and_deviation_is_the_feature_map():
     assert sorted(maps) == [2, 3]
     for s in (2, 3):
         assert torch.equal(maps[s], feats[s])
+
+
+def _net_with(**groups) -> AnoMemNet:
+    raw = {"model": {"arch": "resnet20", "width": WIDTH, "proj_dim": PROJ}, "memory": {"scales": [2, 3], "size": SIZE}}
+    for group, values in groups.items():
+        raw[group].update(values)
+    p = parse_params(raw)
+    torch.manual_seed(0)
+    return AnoMemNet(p.model, p.memory)
+
+
+def test_fixed_input_norm_is_the_affine_map_bit_for_bit():
+    """The buffers hold 0.5 and 0.25 exactly, so the default gives the features of the plain (x - 0.5) / 0.25."""
+    net = _net_with().eval()
+    x = _images()
+    got = net.features(x)
+    expected = net.encoder((x - 0.5) / 0.25)
+    assert all(torch.equal(got[s], expected[s]) for s in got)
+    assert "input_mean" not in net.state_dict()  # so the models saved before the param existed load unchanged
+    with pytest.raises(ValueError, match="fixed input map"):
+        net.set_input_stats(torch.full((3,), 0.4), torch.full((3,), 0.2))
+
+
+def test_dataset_input_stats_change_the_features_and_travel_in_the_state_dict():
+    net = _net_with(model={"input_norm": "dataset"}).eval()
+    x = _images()
+    before = net.features(x)[3]
+    net.set_input_stats(torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.25]))
+    assert not torch.allclose(net.features(x)[3], before)
+    state = net.state_dict()
+    assert torch.equal(state["input_std"].flatten(), torch.tensor([0.2, 0.3, 0.25]))
+    with pytest.raises(ValueError, match="positive"):
+        net.set_input_stats(torch.zeros(3), torch.zeros(3))
+
+
+def test_projection_head_without_batchnorm():
+    net = _net_with(model={"proj_bn": False})
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in net.projector)
+    assert net.project(torch.randn(4, net.encoder.out_dim)).shape == (4, PROJ)
+    assert any(isinstance(m, nn.BatchNorm1d) for m in _net_with().projector)
+
+
+def test_noise_init_seeds_items_without_features():
+    net = _net_with(memory={"init": "noise"})
+    net.init_memories(_images(2), torch.Generator().manual_seed(0))
+    for s in net.scales:
+        assert bool(net.memory(s).initialized) and abs(net.memory(s).items.std().item() - 1) < 0.2
+
+
+def test_memory_path_deviation_reads_the_scales_below_first():
+    plain, mem = _net_with(), _net_with(memory={"deviation_path": "memory"})
+    x = _images()
+    plain.init_memories(x)
+    mem.load_state_dict(plain.state_dict())
+    plain.eval(), mem.eval()
+    feats = plain.features(x)
+    d_plain, d_mem = plain.deviation(feats), mem.deviation(feats)
+    assert torch.equal(d_plain[2], d_mem[2])  # the first memory scale sees the same F_2 on both paths
+    f3_mem = mem.encoder.run_stages(mem.memory(2)(feats[2]), 3)[3]
+    assert torch.allclose(d_mem[3], f3_mem - mem.memory(3)(f3_mem), atol=1e-6)
+    assert not torch.allclose(d_mem[3], d_plain[3], atol=1e-3)
+
+
+def test_rotation_nll_is_the_negative_log_probability_of_the_turn():
+    p = parse_params({"model": {"arch": "resnet20", "width": WIDTH, "proj_dim": PROJ}, "contrastive": {"rotation_weight": 1.0}})
+    net = AnoMemNet.from_params(p)
+    pooled = torch.randn(5, net.encoder.out_dim)
+    probs = torch.softmax(net.rotation_head(pooled), dim=1)
+    assert torch.allclose(net.rotation_nll(pooled, 2), -probs[:, 2].log(), atol=1e-5)

@@ -165,6 +165,22 @@ def quarter_turned(images: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
+def channel_stats(images: np.ndarray | torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of uint8 NHWC images on the [0, 1] scale, summed in float64 chunk by chunk."""
+    n = images.shape[0]
+    if n == 0:
+        raise ValueError("channel statistics need at least one image")
+    total, squares = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        x = torch.as_tensor(np.asarray(images[start : start + chunk])).to(torch.float64) / 255.0
+        total += x.sum((0, 1, 2))
+        squares += (x**2).sum((0, 1, 2))
+    count = n * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = (squares / count - mean**2).clamp_min(0).sqrt().clamp_min(1e-3)  # a constant channel must not divide by 0
+    return mean.float(), std.float()
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1]."""
     if not isinstance(images, torch.Tensor):

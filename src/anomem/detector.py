@@ -1,8 +1,8 @@
 """The anomaly distance detector phi on deviation maps, with PyOD's fit / decision_function.
 
-phi, per scale: 1x1 conv to k channels, 3x3 conv, ReLU, global average and max pooling; the scales are
-concatenated and an MLP maps them to R^d. No biases anywhere, so phi cannot map everything onto the
-centre (the Deep SVDD rule). One-class: Deep SVDD; with known anomalies: Deep SAD.
+phi, per scale: 1x1 conv to k channels, 3x3 conv, ReLU, global average and max pooling (average only with
+`detector.pooling: avg`); the scales are concatenated and an MLP maps them to R^d. No biases anywhere, so phi
+cannot map everything onto the centre (the Deep SVDD rule). One-class: Deep SVDD; with known anomalies: Deep SAD.
 """
 
 from __future__ import annotations
@@ -17,14 +17,17 @@ from tqdm.auto import tqdm
 
 from anomem.losses import deep_sad_loss, svdd_distance
 from anomem.params import DetectorParams
+from anomem.sampling import KnownAnomalyDraws
 
 Maps = Mapping[int, np.ndarray]
 
 
 class DeviationNet(nn.Module):
-    def __init__(self, channels: Mapping[int, int], k: int, hidden: int, rep_dim: int):
+    def __init__(self, channels: Mapping[int, int], k: int, hidden: int, rep_dim: int, pooling: str = "avg_max"):
         super().__init__()
-        self.scales = sorted(channels)
+        if pooling not in ("avg_max", "avg"):
+            raise ValueError(f"pooling must be 'avg_max' or 'avg', got {pooling!r}")
+        self.scales, self.max_pool = sorted(channels), pooling == "avg_max"
         self.branches = nn.ModuleDict(
             {
                 str(s): nn.Sequential(
@@ -36,7 +39,7 @@ class DeviationNet(nn.Module):
             }
         )
         self.head = nn.Sequential(
-            nn.Linear(2 * k * len(self.scales), hidden, bias=False),
+            nn.Linear((2 if self.max_pool else 1) * k * len(self.scales), hidden, bias=False),
             nn.ReLU(),
             nn.Linear(hidden, rep_dim, bias=False),
         )
@@ -45,15 +48,16 @@ class DeviationNet(nn.Module):
         pooled = []
         for s in self.scales:
             h = self.branches[str(s)](maps[s])
-            pooled += [h.mean((2, 3)), h.amax((2, 3))]
+            pooled += [h.mean((2, 3)), h.amax((2, 3))] if self.max_pool else [h.mean((2, 3))]
         return self.head(torch.cat(pooled, 1))
 
 
 class AnomalyDistanceDetector:
     """fit(X, y) with X a {scale: (N, C, H, W)} mapping of deviation maps and y 1 for known anomalies.
 
-    decision_function(X): ||phi(D) - c||^2, higher means more anomalous. With validation data, the epoch
-    with the lowest validation objective is kept (the test split is never looked at).
+    decision_function(X): ||phi(D) - c||^2, higher means more anomalous. With validation data and `select:
+    best_val`, the epoch with the lowest validation objective is kept (the test split is never looked at);
+    otherwise the last.
     """
 
     def __init__(
@@ -75,6 +79,10 @@ class AnomalyDistanceDetector:
         self.best_epoch: int | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _build(self, channels: Mapping[int, int]) -> DeviationNet:
+        p = self.params
+        return DeviationNet(channels, p.channels, p.hidden, p.rep_dim, p.pooling).to(self.device)
+
     def _batch(self, X: Maps, idx: np.ndarray) -> dict[int, torch.Tensor]:
         return {s: torch.as_tensor(np.asarray(X[s][idx]), dtype=torch.float32).to(self.device) for s in X}
 
@@ -105,15 +113,18 @@ class AnomalyDistanceDetector:
             raise ValueError("fit needs at least one normal sample (y == 0)")
         gen = torch.Generator().manual_seed(self.seed)
         torch.manual_seed(self.seed)
-        self.net = DeviationNet({s: X[s].shape[1] for s in X}, p.channels, p.hidden, p.rep_dim).to(self.device)
+        self.net = self._build({s: X[s].shape[1] for s in X})
         with torch.no_grad():
             c = self._embed({s: X[s][normal] for s in X}).mean(0)
             # Deep SVDD: a centre coordinate near 0 lets a trivial solution fit it; push it off zero.
             c[(c.abs() < p.eps) & (c < 0)] = -p.eps
             c[(c.abs() < p.eps) & (c >= 0)] = p.eps
         self.center = c
-        opt = torch.optim.Adam(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
-        n_known_batch = min(known.size, p.known_batch_size)
+        if p.optimizer == "adam":
+            opt = torch.optim.Adam(self.net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        else:
+            opt = torch.optim.SGD(self.net.parameters(), lr=p.lr, momentum=0.9, weight_decay=p.weight_decay)
+        known_draws = KnownAnomalyDraws(known.size, p.known_batch_size, p.known_sampling, gen) if known.size else None
         steps = max(1, normal.size // p.batch_size)
         best, self.history = (float("inf"), None), []
         for epoch in tqdm(
@@ -128,15 +139,12 @@ class AnomalyDistanceDetector:
             total = 0.0
             for step in range(steps):
                 idx = order[step * p.batch_size : (step + 1) * p.batch_size]
-                if n_known_batch:
-                    idx = np.concatenate(
-                        [
-                            idx,
-                            known[torch.randint(0, known.size, (n_known_batch,), generator=gen).numpy()],
-                        ]
-                    )
+                if known_draws is not None:
+                    idx = np.concatenate([idx, known[known_draws.next().numpy()]])
                 dist = svdd_distance(self.net(self._batch(X, idx)), self.center)
-                loss = deep_sad_loss(dist, torch.as_tensor(y[idx] == 1, device=self.device), p.eta, p.eps)
+                loss = deep_sad_loss(dist, torch.as_tensor(y[idx] == 1, device=self.device), p.eta, p.eps, p.loss_reduction)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"detector loss became {loss.item()} at epoch {epoch}, step {step}; lower detector.lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -144,7 +152,7 @@ class AnomalyDistanceDetector:
             log = {"epoch": epoch, "train_loss": total / steps}
             if X_val is not None and _length(X_val):
                 log["val_loss"] = self.objective(X_val, y_val)
-                if log["val_loss"] < best[0]:
+                if p.select == "best_val" and log["val_loss"] < best[0]:
                     best = (log["val_loss"], copy.deepcopy(self.net.state_dict()))
                     self.best_epoch = epoch
             self.history.append(log)
@@ -166,7 +174,8 @@ class AnomalyDistanceDetector:
         """The training objective (Deep SVDD or Deep SAD) on held-out data."""
         dist = torch.as_tensor(self.decision_function(X))
         known = torch.zeros(dist.shape[0], dtype=torch.bool) if y is None else torch.as_tensor(np.asarray(y) == 1)
-        return float(deep_sad_loss(dist, known, self.params.eta, self.params.eps))
+        p = self.params
+        return float(deep_sad_loss(dist, known, p.eta, p.eps, p.loss_reduction))
 
     def state_dict(self) -> dict:
         return {
@@ -177,8 +186,7 @@ class AnomalyDistanceDetector:
         }
 
     def load_state_dict(self, state: dict) -> AnomalyDistanceDetector:
-        p = self.params
-        self.net = DeviationNet(state["channels"], p.channels, p.hidden, p.rep_dim).to(self.device)
+        self.net = self._build(state["channels"])
         self.net.load_state_dict(state["net"])
         self.center = state["center"].to(self.device)
         self.best_epoch = state.get("best_epoch")

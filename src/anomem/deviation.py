@@ -11,11 +11,11 @@ from anomem.model import AnoMemNet
 Maps = Mapping[int, np.ndarray]  # scale -> (N, C_s, H_s, W_s)
 
 
-def map_bytes(net: AnoMemNet, image_hw: tuple[int, int], n_images: int) -> int:
-    """float16 bytes that the deviation maps of n_images take on disk (stage s halves the size s-1 times)."""
+def map_bytes(net: AnoMemNet, image_hw: tuple[int, int], n_images: int, map_dtype: str = "float16") -> int:
+    """Bytes that the deviation maps of n_images take on disk as map_dtype (stage s halves the size s-1 times)."""
     h, w = image_hw
     per_image = sum(net.encoder.channels[s] * -(-h // 2 ** (s - 1)) * -(-w // 2 ** (s - 1)) for s in net.map_scales)
-    return 2 * per_image * n_images
+    return np.dtype(map_dtype).itemsize * per_image * n_images
 
 
 def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
@@ -31,8 +31,13 @@ def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
     return out
 
 
-def fit_scale_weights(train_maps: Maps) -> dict[int, float]:
-    """w_s = 1 / mean over the normal training maps of mean_{h,w} ||D_s||^2, so each scale counts alike."""
+def fit_scale_weights(train_maps: Maps, rule: str = "inverse_energy") -> dict[int, float]:
+    """inverse_energy: w_s = 1 / mean over the normal training maps of mean_{h,w} ||D_s||^2, so each scale counts
+    alike; uniform: w_s = 1, so the scales with the largest deviations dominate."""
+    if rule == "uniform":
+        return {s: 1.0 for s in train_maps}
+    if rule != "inverse_energy":
+        raise ValueError(f"rule must be 'inverse_energy' or 'uniform', got {rule!r}")
     return {s: 1.0 / max(float(e.mean()), 1e-12) for s, e in _per_image_energy(train_maps).items()}
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from anomem.errors import DiskFullError
+from anomem.errors import DataError, DiskFullError
 
 _TMP_PREFIX = ".tmp-"
 _UMASK = os.umask(0)
@@ -75,6 +75,21 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def load_torch(path: str | Path) -> Any:
+    """What save_torch wrote, on the CPU; a missing or unreadable file is a DataError that names it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the stage that writes it first")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise DataError(
+            f"{path}: not a readable torch file ({type(exc).__name__}: {exc}); delete it and re-run the stage that writes it"
+        ) from None
 
 
 def save_figure(path: str | Path, fig) -> None:

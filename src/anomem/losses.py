@@ -58,8 +58,17 @@ def svdd_distance(embedding: torch.Tensor, center: torch.Tensor) -> torch.Tensor
     return ((embedding - center) ** 2).sum(1)
 
 
-def deep_sad_loss(dist: torch.Tensor, is_known_anomaly: torch.Tensor, eta: float, eps: float) -> torch.Tensor:
-    """mean over normals of dist + eta * mean over known anomalies of 1/(dist + eps). One-class when none is known."""
+def deep_sad_loss(dist: torch.Tensor, is_known_anomaly: torch.Tensor, eta: float, eps: float, reduction: str = "separate") -> torch.Tensor:
+    """Deep SAD; one-class (Deep SVDD) when no anomaly is known.
+
+    separate: mean over normals of dist + eta * mean over known anomalies of 1/(dist + eps), so the known term
+    weighs the same however few anomalies a batch holds. joint: one mean over the batch of dist (normal) or
+    eta / (dist + eps) (known), as in the Deep SAD reference code.
+    """
+    if reduction == "joint":
+        return torch.where(is_known_anomaly, eta / (dist + eps), dist).mean() if dist.numel() else dist.new_zeros(())
+    if reduction != "separate":
+        raise ValueError(f"reduction must be 'separate' or 'joint', got {reduction!r}")
     normal = dist[~is_known_anomaly]
     loss = normal.mean() if normal.numel() else dist.new_zeros(())
     known = dist[is_known_anomaly]

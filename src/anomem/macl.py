@@ -14,11 +14,12 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from anomem.data import ContrastiveViews, to_float
+from anomem.data import ContrastiveViews, channel_stats, to_float
 from anomem.losses import macl_loss, nt_xent
 from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.params import Params
 from anomem.runtime import Runtime, rng_state, set_rng_state
+from anomem.sampling import KnownAnomalyDraws
 
 EpochCallback = Callable[[dict], None]
 CheckpointCallback = Callable[[dict], None]
@@ -30,8 +31,9 @@ def build_optimizer(net: AnoMemNet, params: Params, steps_per_epoch: int):
     t = params.train
     decay, no_decay = [], []
     for name, p in net.named_parameters():
-        # No weight decay on BN, biases and memory items: decay would pull the prototypes to zero.
-        (no_decay if p.ndim <= 1 or name.startswith("memories.") else decay).append(p)
+        # No weight decay on BN and biases; none on the memory items either unless asked (it pulls the prototypes to zero).
+        exempt = p.ndim <= 1 or (name.startswith("memories.") and not t.decay_memory)
+        (no_decay if exempt else decay).append(p)
     opt = torch.optim.SGD(
         [
             {"params": decay, "weight_decay": t.weight_decay},
@@ -46,7 +48,10 @@ def build_optimizer(net: AnoMemNet, params: Params, steps_per_epoch: int):
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+        progress = (step - warmup) / max(total - warmup, 1)
+        if t.schedule == "step":
+            return 0.1 ** ((progress >= 0.5) + (progress >= 0.75))
+        return 0.5 * (1 + math.cos(math.pi * progress))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
@@ -65,7 +70,8 @@ def train_macl(
 ) -> list[dict]:
     """Train encoder, memories and projector in place. Images are uint8 NHWC tensors on the CPU.
 
-    Known anomalies (unbalanced setting) take only the plain path and serve as extra negatives.
+    Known anomalies (unbalanced setting) take only the plain path and serve as extra negatives
+    (unless `train.known_negatives` is false, when stage 1 ignores them).
     With `contrastive.rotation_weight` > 0, both views of an image are turned by the same random quarter
     turn (after augmentation) and the rotation head learns to name it. Without memories
     (`memory.enabled: false`) the loss is the plain NT-Xent alone: the SimCLR baseline.
@@ -89,6 +95,9 @@ def train_macl(
     rotating = c.rotation_weight > 0
     if rotating and net.rotation_head is None:
         raise ValueError("contrastive.rotation_weight > 0 needs AnoMemNet(..., rotation_head=True)")
+    if not t.known_negatives or known_images is None or not known_images.shape[0]:
+        known_images = None
+    known_draws = None if known_images is None else KnownAnomalyDraws(known_images.shape[0], t.known_batch_size, t.known_sampling, order)
 
     history: list[dict] = []
     start_epoch = 0
@@ -100,14 +109,19 @@ def train_macl(
         set_rng_state(resume_from["rng"])
         history = list(resume_from["history"])
         start_epoch = resume_from["epoch"] + 1
-    elif not all(bool(net.memory(s).initialized) for s in net.scales):
-        net.eval()
-        first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:batch]]
-        with runtime.autocast():
-            net.init_memories(
-                to_float(first).to(device, memory_format=runtime.memory_format()),
-                generator=order,
-            )
+        if known_draws is not None and "known_draws" in resume_from:
+            known_draws.load_state_dict(resume_from["known_draws"])
+    else:
+        if params.model.input_norm == "dataset":  # before the memories are seeded from features
+            net.set_input_stats(*channel_stats(normal_images))
+        if not all(bool(net.memory(s).initialized) for s in net.scales):
+            net.eval()
+            first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:batch]]
+            with runtime.autocast():
+                net.init_memories(
+                    to_float(first).to(device, memory_format=runtime.memory_format()),
+                    generator=order,
+                )
 
     bar = tqdm(
         total=t.epochs * steps_per_epoch,
@@ -129,14 +143,8 @@ def train_macl(
             if rotating:
                 turns = torch.randint(0, ROTATIONS, (n,), generator=order)
                 stacks = [rotate(v, turns) for v in stacks]
-            if known_images is not None and known_images.shape[0]:
-                pick = torch.randint(
-                    0,
-                    known_images.shape[0],
-                    (min(t.known_batch_size, known_images.shape[0]),),
-                    generator=order,
-                )
-                xa = to_float(known_images[pick]).to(device)
+            if known_draws is not None:
+                xa = to_float(known_images[known_draws.next()]).to(device)
                 stacks += [views(xa), views(xa)]
             inputs = torch.cat(stacks).contiguous(memory_format=runtime.memory_format())
             known_negatives_of = lambda p: p[2 * n :] if p.shape[0] > 2 * n else None
@@ -200,6 +208,7 @@ def train_macl(
                     "scheduler": scheduler.state_dict(),
                     "order_rng": order.get_state(),
                     "rng": rng_state(),
+                    **({"known_draws": known_draws.state_dict()} if known_draws is not None else {}),
                     "history": history,
                 }
             )

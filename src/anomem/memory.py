@@ -10,11 +10,18 @@ from torch import nn
 
 
 class HopfieldMemory(nn.Module):
-    """N items M in R^{N x C}. read(z) = softmax(beta * z_hat . M_hat^T) . M at every spatial location."""
+    """N items M in R^{N x C}, read at every spatial location.
 
-    def __init__(self, size: int, dim: int, beta: float):
+    read="cosine": softmax(beta * z_hat . M_hat^T) . M; read="dot": softmax(beta * z . M^T / sqrt(C)) . M.
+    """
+
+    def __init__(self, size: int, dim: int, beta: float, read: str = "cosine"):
         super().__init__()
-        self.size, self.dim, self.beta = size, dim, beta
+        if read not in ("cosine", "dot"):
+            raise ValueError(f"read must be 'cosine' or 'dot', got {read!r}")
+        self.size, self.dim, self.beta, self.read = size, dim, beta, read
+        # Both reads are softmax(scale * query . key^T) . M.
+        self.scale = beta if read == "cosine" else beta / math.sqrt(dim)
         self.items = nn.Parameter(torch.zeros(size, dim))
         # A buffer, so that a checkpoint remembers whether the items were already seeded from features.
         self.register_buffer("initialized", torch.tensor(False))
@@ -27,11 +34,24 @@ class HopfieldMemory(nn.Module):
         self.items.copy_(flat[pick])
         self.initialized.fill_(True)
 
+    @torch.no_grad()
+    def init_from_noise(self, generator: torch.Generator | None = None) -> None:
+        """Seed the items with standard normal noise (the alternative of method.md's [ours] feature seeding)."""
+        noise = torch.randn(self.size, self.dim, generator=generator, device="cpu")
+        self.items.copy_(noise.to(self.items.device))
+        self.initialized.fill_(True)
+
+    def _query_key(self, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The locations and the items as the read compares them: unit vectors (cosine) or raw (dot)."""
+        z = _locations(fmap)
+        if self.read == "cosine":
+            return F.normalize(z, dim=1), F.normalize(self.items, dim=1).to(z.dtype)
+        return z, self.items.to(z.dtype)
+
     def attention(self, fmap: torch.Tensor) -> torch.Tensor:
         """(B*H*W, N) attention of every location over the items."""
-        z = F.normalize(_locations(fmap), dim=1)
-        m = F.normalize(self.items, dim=1).to(z.dtype)
-        return torch.softmax(self.beta * (z @ m.t()), dim=1)
+        z, m = self._query_key(fmap)
+        return torch.softmax(self.scale * (z @ m.t()), dim=1)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         """The read-out map, same shape as fmap: `attention(fmap) @ items`, fused.
@@ -40,9 +60,8 @@ class HopfieldMemory(nn.Module):
         CPU it is no faster than softmax then matmul in a warm process (reports/benchmarks.md, "Memory read").
         """
         b, c, h, w = fmap.shape
-        z = F.normalize(_locations(fmap), dim=1)
-        m = F.normalize(self.items, dim=1).to(z.dtype)
-        read = F.scaled_dot_product_attention(z[None, None], m[None, None], self.items.to(z.dtype)[None, None], scale=self.beta)[0, 0]
+        z, m = self._query_key(fmap)
+        read = F.scaled_dot_product_attention(z[None, None], m[None, None], self.items.to(z.dtype)[None, None], scale=self.scale)[0, 0]
         return read.view(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=_format_of(fmap))
 
     @torch.no_grad()

@@ -15,8 +15,9 @@ from anomem.encoder import CifarResNet
 from anomem.memory import HopfieldMemory
 from anomem.params import MemoryParams, ModelParams, Params
 
-# Inputs are [0, 1] images; a fixed affine map keeps the model independent of the data set's statistics.
-_INPUT_MEAN, _INPUT_STD = 0.5, 0.25
+# Inputs are [0, 1] images. `model.input_norm: fixed` maps them with this affine map, which keeps the model
+# independent of the data set's statistics; `dataset` replaces it with the training images' channel statistics.
+FIXED_INPUT_MEAN, FIXED_INPUT_STD = 0.5, 0.25
 
 
 ROTATIONS = 4  # 0, 90, 180 and 270 degrees
@@ -38,13 +39,22 @@ class AnoMemNet(nn.Module):
     def __init__(self, model: ModelParams, memory: MemoryParams, rotation_head: bool = False):
         super().__init__()
         self.encoder = CifarResNet(model.arch, model.width)
+        # Buffers, so that a saved model carries the statistics it was trained with. The fixed map is no statistic:
+        # it stays out of the state dict, so models saved before `model.input_norm` existed still load.
+        self.dataset_stats = model.input_norm == "dataset"
+        self.register_buffer("input_mean", torch.full((1, 3, 1, 1), FIXED_INPUT_MEAN), persistent=self.dataset_stats)
+        self.register_buffer("input_std", torch.full((1, 3, 1, 1), FIXED_INPUT_STD), persistent=self.dataset_stats)
         self.map_scales = sorted(memory.scales)
         self.scales = self.map_scales if memory.enabled else []
-        self.memories = nn.ModuleDict({str(s): HopfieldMemory(memory.size, self.encoder.channels[s], memory.beta) for s in self.scales})
+        self.memories = nn.ModuleDict(
+            {str(s): HopfieldMemory(memory.size, self.encoder.channels[s], memory.beta, memory.read) for s in self.scales}
+        )
+        self.memory_init = memory.init
+        self.deviation_path = memory.deviation_path
         d = self.encoder.out_dim
         self.projector = nn.Sequential(
             nn.Linear(d, d, bias=False),
-            nn.BatchNorm1d(d),
+            *([nn.BatchNorm1d(d)] if model.proj_bn else []),
             nn.ReLU(inplace=True),
             nn.Linear(d, model.proj_dim),
         )
@@ -61,9 +71,19 @@ class AnoMemNet(nn.Module):
     def memory(self, scale: int) -> HopfieldMemory:
         return self.memories[str(scale)]
 
+    @torch.no_grad()
+    def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Normalise inputs with these per-channel statistics (3 values each) instead of the fixed map."""
+        if not self.dataset_stats:
+            raise ValueError("this network uses the fixed input map (model.input_norm: fixed); its statistics are not set")
+        if mean.numel() != 3 or std.numel() != 3 or bool((std <= 0).any()):
+            raise ValueError(f"input statistics need 3 means and 3 positive stds, got {mean.tolist()} and {std.tolist()}")
+        self.input_mean.copy_(mean.view(1, 3, 1, 1))
+        self.input_std.copy_(std.view(1, 3, 1, 1))
+
     def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """F_s for every stage, on the plain path."""
-        return self.encoder((x - _INPUT_MEAN) / _INPUT_STD)
+        return self.encoder((x - self.input_mean) / self.input_std)
 
     def pooled(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
         return feats[self.encoder.num_stages].float().mean((2, 3))
@@ -82,13 +102,41 @@ class AnoMemNet(nn.Module):
 
     @torch.no_grad()
     def init_memories(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
-        """Seed every memory that is not yet seeded from features of the batch x."""
-        feats = self.features(x)
+        """Seed every memory that is not yet seeded: from features of the batch x, or (`memory.init: noise`) from noise."""
+        feats = self.features(x) if self.memory_init == "features" else None
         for s in self.scales:
             if not bool(self.memory(s).initialized):
-                self.memory(s).init_from_features(feats[s], generator)
+                if feats is None:
+                    self.memory(s).init_from_noise(generator)
+                else:
+                    self.memory(s).init_from_features(feats[s], generator)
+
+    def rotation_nll(self, pooled: torch.Tensor, turn: int) -> torch.Tensor:
+        """-log p(turn | view) from the rotation head, for views that were all turned by `turn` quarter turns."""
+        return -torch.log_softmax(self.rotation_head(pooled).float(), dim=1)[:, turn]
 
     @torch.no_grad()
     def deviation(self, feats: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """D_s = F_s - read(F_s) at every map scale, from the plain-path `features` (F_s itself without memories)."""
-        return {s: feats[s] - self.memory(s)(feats[s]) if self.scales else feats[s] for s in self.map_scales}
+        """D_s = F_s - read(F_s) at every map scale, from the plain-path `features` (F_s itself without memories).
+
+        With `memory.deviation_path: memory`, F_s of a scale above the first memory scale is taken on the memory
+        path instead: after the read-outs of the memory scales below it.
+        """
+        if not self.scales:
+            return {s: feats[s] for s in self.map_scales}
+        if self.deviation_path == "plain":
+            return {s: feats[s] - self.memory(s)(feats[s]) for s in self.scales}
+        out: dict[int, torch.Tensor] = {}
+
+        def read_and_keep(s: int, f: torch.Tensor) -> torch.Tensor:
+            if s not in self.scales:
+                return f
+            read = self.memory(s)(f)
+            out[s] = f - read
+            return read
+
+        first = self.scales[0]
+        h = read_and_keep(first, feats[first])
+        if first < self.scales[-1]:
+            self.encoder.run_stages(h, first + 1, read_and_keep)
+        return out

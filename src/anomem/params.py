@@ -93,6 +93,9 @@ class ModelParams(_Group):
     # At width 4, torch 2.14.1 channels_last convolutions crash natively on an AVX2 CPU (segfault seen here).
     width: int = Field(16, ge=8, le=256)
     proj_dim: int = Field(128, ge=8, le=4096)
+    # fixed: (x - 0.5) / 0.25, independent of the data; dataset: per-channel mean and std of the normal training images.
+    input_norm: Literal["fixed", "dataset"] = "fixed"
+    proj_bn: bool = True  # BatchNorm1d between the projection head's two linear layers
 
 
 class MemoryParams(_Group):
@@ -102,6 +105,12 @@ class MemoryParams(_Group):
     size: int = Field(256, ge=2, le=65536)
     beta: float = Field(10.0, gt=0.0, le=1000.0)
     var_weight: float = Field(1.0, ge=0.0)
+    # cosine: softmax(beta * z_hat . M_hat^T) . M; dot: softmax(beta * z . M^T / sqrt(C)) . M (scaled dot-product).
+    read: Literal["cosine", "dot"] = "cosine"
+    # features: encoder features at random locations of one un-augmented batch; noise: standard normal items.
+    init: Literal["features", "noise"] = "features"
+    # plain: D_s = F_s - read(F_s) with F_s from the plain path; memory: F_s after the reads of the scales below s.
+    deviation_path: Literal["plain", "memory"] = "plain"
 
     @field_validator("scales")
     @classmethod
@@ -153,6 +162,11 @@ class TrainParams(_Group):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     warmup_epochs: int = Field(1, ge=0)
+    schedule: Literal["cosine", "step"] = "cosine"  # after warm-up; step: x0.1 at 50 % and again at 75 % of the steps
+    decay_memory: bool = False  # weight decay on the memory items too (BN weights and biases never decay)
+    known_negatives: bool = True  # unbalanced: known anomalies as extra negatives of the plain NT-Xent
+    # replacement: each step draws known anomalies at random; epoch: each is drawn once before any repeats.
+    known_sampling: Literal["replacement", "epoch"] = "replacement"
     checkpoint_every_epochs: int = Field(1, ge=1)
     eval_batch_size: int = Field(1000, ge=1)
     num_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
@@ -169,6 +183,15 @@ class DetectorParams(_Group):
     weight_decay: float = Field(1e-6, ge=0.0)
     eta: float = Field(1.0, ge=0.0)
     eps: float = Field(1e-6, gt=0.0)
+    pooling: Literal["avg_max", "avg"] = "avg_max"  # global pooling of each scale's branch
+    # separate: mean(normal) + eta * mean(known); joint: one mean over the batch (the Deep SAD reference code).
+    loss_reduction: Literal["separate", "joint"] = "separate"
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9, the same lr and weight decay
+    select: Literal["best_val", "last"] = "best_val"  # the epoch kept: lowest validation objective, or the last
+    known_sampling: Literal["replacement", "epoch"] = "replacement"
+    map_dtype: Literal["float16", "float32"] = "float16"  # deviation maps on disk
+    # the deviation reference score's scale weights: 1 / mean training energy, or 1 for every scale.
+    scale_weights: Literal["inverse_energy", "uniform"] = "inverse_energy"
     # one_class: maps of normal images turned by 90/180/270 degrees stand in for known anomalies (CSI's
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
     shifted_negatives: bool = False

@@ -24,7 +24,7 @@ IMAGE_AS_IS: View = (0, False)
 
 
 class Extracted(NamedTuple):
-    maps: dict[int, np.ndarray] | None  # scale -> (N, C_s, H_s, W_s) float16, with maps=True
+    maps: dict[int, np.ndarray] | None  # scale -> (N, C_s, H_s, W_s) in map_dtype, with maps=True
     pooled: np.ndarray | None  # (N, len(views), D) float32, when views are asked for
     rotation: np.ndarray | None  # (N,) float64, with rotation=True
 
@@ -44,16 +44,18 @@ def extract(
     rotation: bool = False,
     maps: bool = False,
     desc: str = "extract",
+    map_dtype: str = "float16",
 ) -> Extracted:
     """For uint8 NHWC images: the pooled feature of each of `views`, the rotation score, and the deviation maps.
 
-    Runs in float32: a deviation is a small difference of two features, which bf16 would blur.
+    Runs in float32: a deviation is a small difference of two features, which bf16 would blur. The maps are
+    stored as `map_dtype` (float16 halves the disk of the largest output).
     """
     if rotation and net.rotation_head is None:
         raise ValueError("the rotation score needs a network with a rotation head (contrastive.rotation_weight > 0)")
     n = images.shape[0]
     if n == 0 and maps:  # an empty split (no known anomalies in one_class) still gets maps of the right shape
-        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc)
+        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc, map_dtype)
         return Extracted(
             {s: m[:0] for s, m in one.maps.items()},
             None if one.pooled is None else one.pooled[:0],
@@ -73,14 +75,14 @@ def extract(
             feats = net.features(rotate(x.flip(3) if mirrored else x, torch.full((x.shape[0],), turn)))
             if deviation is not None and (turn, mirrored) == IMAGE_AS_IS:
                 for s, d in net.deviation(feats).items():
-                    deviation.setdefault(s, np.empty((n, *d.shape[1:]), np.float16))[start:end] = d.float().cpu().numpy()
+                    deviation.setdefault(s, np.empty((n, *d.shape[1:]), map_dtype))[start:end] = d.float().cpu().numpy()
             if pooled is None and not rotation:
                 continue
             feature = net.pooled(feats)
             if (turn, mirrored) in slot:
                 pooled[start:end, slot[turn, mirrored]] = feature.cpu().numpy()
             if rotation and not mirrored:
-                total -= torch.log_softmax(net.rotation_head(feature).float(), dim=1)[:, turn]
+                total += net.rotation_nll(feature, turn)
         if scores is not None:
             scores[start:end] = (total / ROTATIONS).cpu().numpy()
     return Extracted(deviation, pooled, scores)
