@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from anomem import io, layout
-from anomem.errors import run_cli
+from anomem.errors import DataError, run_cli
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
 from anomem.runtime import environment, git_commit
@@ -40,7 +40,11 @@ def main() -> None:
     fp = fingerprint(params, args.seed, split)
     resume = None
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        try:
+            state = io.load_torch(checkpoint)
+        except DataError as err:  # a resume point is a cache: an unreadable one costs a fresh start, not the run
+            print(f"ignoring {checkpoint}: {err}")
+            state = {}
         if state.get("fingerprint") == fp:
             resume = state
             print(f"resuming {pair} from {checkpoint} (epoch {state['epoch'] + 1} of {params.train.epochs} done)")

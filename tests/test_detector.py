@@ -187,3 +187,10 @@ def test_a_diverging_fit_names_the_param_to_lower(data):
     train, _, _ = data
     with pytest.raises(FloatingPointError, match="detector.lr"):
         AnomalyDistanceDetector(_params(optimizer="sgd", lr=10.0), progress=False).fit(train)
+
+
+def test_a_direct_call_with_an_unknown_pooling_names_the_choices():
+    from anomem.detector import DeviationNet
+
+    with pytest.raises(ValueError, match="pooling must be one of 'avg_max', 'avg'; got 'mean'"):
+        DeviationNet({2: 16}, 8, 32, 16, pooling="mean")

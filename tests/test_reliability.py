@@ -155,6 +155,18 @@ def test_a_checkpoint_from_other_params_is_not_resumed(finished_repo, tmp_path, 
     assert "ignoring" in result.stdout and "resuming" not in result.stdout
 
 
+def test_an_unreadable_checkpoint_is_ignored_and_training_starts_fresh(finished_repo, tmp_path, tiny_data):
+    root, env = make_repo(tmp_path / "corrupt", tiny_data, {"train": {**TINY["train"], "epochs": 2}})
+    ok(stage("prepare_data", root, env, pair=False))
+    checkpoint = root / f"data/resume/{PAIR_ID}/last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"PK\x03\x04 cut short by a crash")
+    result = ok(stage("train_contrastive_memory", root, env))
+    assert f"ignoring {checkpoint.relative_to(root)}: " in result.stdout
+    assert "not a readable torch file" in result.stdout and "resuming" not in result.stdout
+    assert (root / f"data/models/{PAIR_ID}/model.pt").exists() and not checkpoint.exists()
+
+
 def _load_stage(name: str):
     spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "stages" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -16,7 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from anomem.losses import deep_sad_loss, svdd_distance
-from anomem.params import DetectorParams
+from anomem.params import DetectorParams, Pooling, check_choice
 from anomem.sampling import KnownAnomalyDraws
 
 Maps = Mapping[int, np.ndarray]
@@ -25,8 +25,7 @@ Maps = Mapping[int, np.ndarray]
 class DeviationNet(nn.Module):
     def __init__(self, channels: Mapping[int, int], k: int, hidden: int, rep_dim: int, pooling: str = "avg_max"):
         super().__init__()
-        if pooling not in ("avg_max", "avg"):
-            raise ValueError(f"pooling must be 'avg_max' or 'avg', got {pooling!r}")
+        check_choice("pooling", pooling, Pooling)
         self.scales, self.max_pool = sorted(channels), pooling == "avg_max"
         self.branches = nn.ModuleDict(
             {

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from anomem.model import AnoMemNet
+from anomem.params import ScaleWeights, check_choice
 
 Maps = Mapping[int, np.ndarray]  # scale -> (N, C_s, H_s, W_s)
 
@@ -34,10 +35,8 @@ def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
 def fit_scale_weights(train_maps: Maps, rule: str = "inverse_energy") -> dict[int, float]:
     """inverse_energy: w_s = 1 / mean over the normal training maps of mean_{h,w} ||D_s||^2, so each scale counts
     alike; uniform: w_s = 1, so the scales with the largest deviations dominate."""
-    if rule == "uniform":
+    if check_choice("rule", rule, ScaleWeights) == "uniform":
         return {s: 1.0 for s in train_maps}
-    if rule != "inverse_energy":
-        raise ValueError(f"rule must be 'inverse_energy' or 'uniform', got {rule!r}")
     return {s: 1.0 / max(float(e.mean()), 1e-12) for s, e in _per_image_energy(train_maps).items()}
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from anomem.params import LossReduction, check_choice
+
 
 def nt_xent(
     a: torch.Tensor,
@@ -65,10 +67,8 @@ def deep_sad_loss(dist: torch.Tensor, is_known_anomaly: torch.Tensor, eta: float
     weighs the same however few anomalies a batch holds. joint: one mean over the batch of dist (normal) or
     eta / (dist + eps) (known), as in the Deep SAD reference code.
     """
-    if reduction == "joint":
+    if check_choice("reduction", reduction, LossReduction) == "joint":
         return torch.where(is_known_anomaly, eta / (dist + eps), dist).mean() if dist.numel() else dist.new_zeros(())
-    if reduction != "separate":
-        raise ValueError(f"reduction must be 'separate' or 'joint', got {reduction!r}")
     normal = dist[~is_known_anomaly]
     loss = normal.mean() if normal.numel() else dist.new_zeros(())
     known = dist[is_known_anomaly]

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomem.params import MemoryRead, check_choice
+
 
 class HopfieldMemory(nn.Module):
     """N items M in R^{N x C}, read at every spatial location.
@@ -17,8 +19,7 @@ class HopfieldMemory(nn.Module):
 
     def __init__(self, size: int, dim: int, beta: float, read: str = "cosine"):
         super().__init__()
-        if read not in ("cosine", "dot"):
-            raise ValueError(f"read must be 'cosine' or 'dot', got {read!r}")
+        check_choice("read", read, MemoryRead)
         self.size, self.dim, self.beta, self.read = size, dim, beta, read
         # Both reads are softmax(scale * query . key^T) . M.
         self.scale = beta if read == "cosine" else beta / math.sqrt(dim)

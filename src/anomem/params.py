@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,21 @@ from pydantic import (
 from anomem.errors import ParamsError
 
 SETTINGS = ("one_class", "unbalanced")
+
+# Choices the library's classes take as plain strings too (the PyOD-style API needs no Params).
+MemoryRead = Literal["cosine", "dot"]
+Pooling = Literal["avg_max", "avg"]
+LossReduction = Literal["separate", "joint"]
+ScaleWeights = Literal["inverse_energy", "uniform"]
+
+
+def check_choice(name: str, value: str, choices: Any) -> str:
+    """value if it is one of the Literal `choices`, else a ValueError that names both: the check of a direct
+    library call, where no Params validated the string."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
 
 # Stages (feature-map scales) each architecture has: S1..S3 for the CIFAR ResNet-20 family, S1..S4 for ResNet-18/34.
 ARCH_STAGES = {
@@ -106,7 +121,7 @@ class MemoryParams(_Group):
     beta: float = Field(10.0, gt=0.0, le=1000.0)
     var_weight: float = Field(1.0, ge=0.0)
     # cosine: softmax(beta * z_hat . M_hat^T) . M; dot: softmax(beta * z . M^T / sqrt(C)) . M (scaled dot-product).
-    read: Literal["cosine", "dot"] = "cosine"
+    read: MemoryRead = "cosine"
     # features: encoder features at random locations of one un-augmented batch; noise: standard normal items.
     init: Literal["features", "noise"] = "features"
     # plain: D_s = F_s - read(F_s) with F_s from the plain path; memory: F_s after the reads of the scales below s.
@@ -183,15 +198,15 @@ class DetectorParams(_Group):
     weight_decay: float = Field(1e-6, ge=0.0)
     eta: float = Field(1.0, ge=0.0)
     eps: float = Field(1e-6, gt=0.0)
-    pooling: Literal["avg_max", "avg"] = "avg_max"  # global pooling of each scale's branch
+    pooling: Pooling = "avg_max"  # global pooling of each scale's branch
     # separate: mean(normal) + eta * mean(known); joint: one mean over the batch (the Deep SAD reference code).
-    loss_reduction: Literal["separate", "joint"] = "separate"
+    loss_reduction: LossReduction = "separate"
     optimizer: Literal["adam", "sgd"] = "adam"  # sgd: momentum 0.9, the same lr and weight decay
     select: Literal["best_val", "last"] = "best_val"  # the epoch kept: lowest validation objective, or the last
     known_sampling: Literal["replacement", "epoch"] = "replacement"
     map_dtype: Literal["float16", "float32"] = "float16"  # deviation maps on disk
     # the deviation reference score's scale weights: 1 / mean training energy, or 1 for every scale.
-    scale_weights: Literal["inverse_energy", "uniform"] = "inverse_energy"
+    scale_weights: ScaleWeights = "inverse_energy"
     # one_class: maps of normal images turned by 90/180/270 degrees stand in for known anomalies (CSI's
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
     shifted_negatives: bool = False
