@@ -40,6 +40,7 @@ def check_choice(name: str, value: str, choices: Any) -> str:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
     return value
 
+
 # Stages (feature-map scales) each architecture has: S1..S3 for the CIFAR ResNet-20 family, S1..S4 for ResNet-18/34.
 ARCH_STAGES = {
     "resnet20": 3,
