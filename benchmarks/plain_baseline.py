@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         train_macl(net, normal, None, plain, runtime, seed, progress=False)
         seconds.append(time.perf_counter() - began)
-        bank = extract(net, normal, runtime, params.train.eval_batch_size, views, desc="bank").pooled
-        feats = extract(net, test_images, runtime, params.train.eval_batch_size, views, desc="test").pooled
+        scales = tuple(params.detector.knn_scales)
+        bank = extract(net, normal, runtime, params.train.eval_batch_size, views, desc="bank", knn_scales=scales).pooled
+        feats = extract(net, test_images, runtime, params.train.eval_batch_size, views, desc="test", knn_scales=scales).pooled
         name = f"{cls}_{params.data.names[cls]}"
         auroc[name] = score_metrics(split["test_labels"], knn_score(bank, feats, params.detector.knn_k))["auroc"]
         single_view[name] = score_metrics(split["test_labels"], knn_score(bank[:, 0], feats[:, 0], params.detector.knn_k))["auroc"]

@@ -64,6 +64,7 @@ def main() -> None:
                 rotation=rotating,
                 maps=True,
                 desc=name,
+                knn_scales=tuple(params.detector.knn_scales),
             )
             for s, m in got.maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)
