@@ -64,6 +64,7 @@ def main() -> None:
                 maps=True,
                 desc=name,
                 map_dtype=params.detector.map_dtype,
+                knn_scales=tuple(params.detector.knn_scales),
             )
             for s, m in got.maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)

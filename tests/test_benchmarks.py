@@ -120,8 +120,23 @@ def test_report_puts_each_figure_beside_its_baseline():
     assert "| 2 | 50.0 | 120.0 |" in text
     assert "same 4 test-time view(s)" in text
     assert "| 0_airplane | 66.0 | 64.0 | 70.0 |" in text and "| **mean** | **66.0** | **64.0** | **70.0** |" in text
-    assert "+4.0 points above plain SimCLR + kNN scored over the same views (+6.0 above it on the image alone)" in text
+    assert "+4.0 points above plain SimCLR + kNN scored the same way (+6.0 above textbook SimCLR + kNN)" in text
     assert "the target is +20 (NOT met)" in text
+
+
+def test_report_names_the_knn_feature_the_plain_run_was_scored_with():
+    figures = {**_step_figures(), **_plain_and_default(0.66, 0.64, 0.7), "default_knn_scales": [2]}
+    figures["plain_baseline"]["knn_scales"] = [2]
+    text = markdown(figures)
+    assert "with the pooled maps of stage(s) 2 (`detector.knn_scales`)" in text and "Not the same feature" not in text
+    assert "textbook SimCLR + kNN: the un-augmented image alone, the last stage's pooled feature" in text
+
+
+def test_report_says_so_when_the_plain_run_took_another_knn_feature():
+    figures = {**_step_figures(), **_plain_and_default(0.66, 0.64, 0.7), "default_knn_scales": [2]}
+    text = markdown(figures)  # a plain run from before detector.knn_scales: no key, the last stage
+    assert "with the last stage's pooled feature" in text
+    assert "**Not the same feature**: the default's kNN score now pools stage(s) 2" in text
 
 
 def test_report_says_met_when_the_headline_clears_plain_by_twenty_points():

@@ -126,6 +126,8 @@ BAD_VALUES = {
     "repeated scale": ({"memory": {"scales": [2, 2]}}, ["memory.scales", "repeated"]),
     "scale beyond the arch": ({"memory": {"scales": [4]}}, ["memory.scales = [4]", "resnet20", "1..3"]),
     "scale zero": ({"memory": {"scales": [0, 2]}}, ["memory.scales", "[0]"]),
+    "kNN scale beyond the arch": ({"detector": {"knn_scales": [2, 4]}}, ["detector.knn_scales = [2, 4]", "resnet20", "1..3", "[4]"]),
+    "repeated kNN scale": ({"detector": {"knn_scales": [3, 3]}}, ["detector.knn_scales", "repeated"]),
     "unknown arch": ({"model": {"arch": "resnet50"}}, ["model.arch = 'resnet50'", *ARCH_STAGES]),
     "ratio above 1": ({"data": {"ratio_known_outlier": 1.5}}, ["data.ratio_known_outlier = 1.5", "less than or equal to 1"]),
     "negative ratio": ({"data": {"ratio_known_outlier": -0.1}}, ["data.ratio_known_outlier = -0.1", "greater than or equal to 0"]),

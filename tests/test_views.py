@@ -12,7 +12,7 @@ from anomem.knn import knn_score
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime
-from anomem.views import extract, scoring_views
+from anomem.views import IMAGE_AS_IS, extract, scoring_views
 
 RUNTIME = make_runtime("cpu", 0, "fp32")
 
@@ -49,6 +49,23 @@ def test_features_of_each_view_are_the_features_of_the_turned_or_mirrored_image(
             view = torch.rot90(x.flip(3) if mirrored else x, turn, dims=(2, 3))
             np.testing.assert_allclose(pooled[:, i], net.pooled(net.features(view)).numpy(), rtol=1e-5, atol=1e-6)
     assert not np.allclose(pooled[:, 0], pooled[:, 1]), "a turned view is a different input"
+
+
+def test_knn_feature_of_several_scales_is_each_pooled_map_normalised_side_by_side(cifar_train_slice):
+    images, _ = cifar_train_slice
+    net = _net()
+    got = extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS], knn_scales=(2, 3)).pooled[:, 0]
+    assert got.shape == (6, net.encoder.channels[2] + net.encoder.channels[3])
+    with torch.no_grad():
+        feats = net.features(to_float(images[:6]))
+    for part, s in zip(np.split(got, [net.encoder.channels[2]], axis=1), (2, 3)):
+        np.testing.assert_allclose(np.linalg.norm(part, axis=1), 1.0, rtol=1e-5)
+        pooled = feats[s].mean((2, 3)).numpy()
+        np.testing.assert_allclose(part, pooled / np.linalg.norm(pooled, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+    only_s2 = extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS], knn_scales=(2,)).pooled[:, 0]
+    np.testing.assert_allclose(only_s2, feats[2].mean((2, 3)).numpy(), rtol=1e-4, atol=1e-6)
+    last = extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS], knn_scales=(3,)).pooled
+    np.testing.assert_array_equal(last, extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS]).pooled)
 
 
 @pytest.mark.parametrize("turns", [False, True])

@@ -216,6 +216,9 @@ class DetectorParams(_Group):
     # the four quarter turns (CSI's shifted views) and the mirror image of each.
     knn_turns: bool = False
     knn_mirror: bool = False
+    # Encoder stages whose average-pooled maps make the kNN feature (each L2-normalised, side by side);
+    # empty: the last stage, as SimCLR and CSI score it.
+    knn_scales: list[int] = Field(default_factory=list)
     # The headline `combined` sums these scores, each standardised on the normal validation images; a
     # listed score the run lacks (rotation without a rotation head) is left out.
     combine: NonEmptyUnique[list[Literal["detector", "rotation", "knn", "deviation"]]] = Field(
@@ -223,6 +226,13 @@ class DetectorParams(_Group):
     )
     # unbalanced: sum only the subset of `combine` with the best validation AUROC (normal vs known anomalies).
     pick_by_validation: bool = False
+
+    @field_validator("knn_scales")
+    @classmethod
+    def _knn_scales(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"has a repeated scale: {v}")
+        return sorted(v)
 
 
 class ExperimentParams(_Group):
@@ -258,9 +268,10 @@ class Params(_Group):
     @model_validator(mode="after")
     def _combinations(self) -> Params:
         n_stages = ARCH_STAGES[self.model.arch]
-        bad = [s for s in self.memory.scales if not 1 <= s <= n_stages]
-        if bad:
-            raise ValueError(f"memory.scales = {self.memory.scales}: {self.model.arch} has stages 1..{n_stages}, not {bad}")
+        for key, scales in (("memory.scales", self.memory.scales), ("detector.knn_scales", self.detector.knn_scales)):
+            bad = [s for s in scales if not 1 <= s <= n_stages]
+            if bad:
+                raise ValueError(f"{key} = {scales}: {self.model.arch} has stages 1..{n_stages}, not {bad}")
         n = self.data.num_classes
         bad = [c for c in self.experiment.classes if not 0 <= c < n]
         if bad:

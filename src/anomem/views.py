@@ -4,7 +4,8 @@ Each forward pass yields what the later stages need from it: the deviation maps 
 the pooled feature of every view (the kNN score compares each view with the same view of the normal
 training images and averages over views, CSI's ensemble over shifted views), and the rotation score
 -mean_k log p(k | rot_k(x)), which needs the four unmirrored turns. Sharing the passes means no view is
-computed twice.
+computed twice. The kNN feature is the average-pooled map of the last stage, or of the stages in
+`detector.knn_scales`, each L2-normalised and concatenated.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomem.data import to_float
@@ -34,6 +36,20 @@ def scoring_views(turns: bool, mirror: bool) -> list[View]:
     return [(k, m) for m in ((False, True) if mirror else (False,)) for k in (range(ROTATIONS) if turns else (0,))]
 
 
+def knn_feature(net: AnoMemNet, feats: dict[int, torch.Tensor], scales: tuple[int, ...] = ()) -> torch.Tensor:
+    """The pooled feature the kNN score compares: the last stage's alone when `scales` is empty or names
+    only it, else the average-pooled F_s of each scale, L2-normalised (so no scale outweighs another), side by side."""
+    if not scales or list(scales) == [net.encoder.num_stages]:
+        return net.pooled(feats)
+    if len(scales) == 1:
+        return feats[scales[0]].float().mean((2, 3))
+    return torch.cat([F.normalize(feats[s].float().mean((2, 3)), dim=1) for s in scales], dim=1)
+
+
+def knn_feature_dim(net: AnoMemNet, scales: tuple[int, ...] = ()) -> int:
+    return sum(net.encoder.channels[s] for s in scales) if scales else net.encoder.out_dim
+
+
 @torch.no_grad()
 def extract(
     net: AnoMemNet,
@@ -45,8 +61,9 @@ def extract(
     maps: bool = False,
     desc: str = "extract",
     map_dtype: str = "float16",
+    knn_scales: tuple[int, ...] = (),
 ) -> Extracted:
-    """For uint8 NHWC images: the pooled feature of each of `views`, the rotation score, and the deviation maps.
+    """For uint8 NHWC images: the kNN feature of each of `views`, the rotation score, and the deviation maps.
 
     Runs in float32: a deviation is a small difference of two features, which bf16 would blur. The maps are
     stored as `map_dtype` (float16 halves the disk of the largest output).
@@ -55,7 +72,7 @@ def extract(
         raise ValueError("the rotation score needs a network with a rotation head (contrastive.rotation_weight > 0)")
     n = images.shape[0]
     if n == 0 and maps:  # an empty split (no known anomalies in one_class) still gets maps of the right shape
-        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc, map_dtype)
+        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc, map_dtype, knn_scales)
         return Extracted(
             {s: m[:0] for s, m in one.maps.items()},
             None if one.pooled is None else one.pooled[:0],
@@ -65,7 +82,7 @@ def extract(
     slot = {view: i for i, view in enumerate(views)}
     passes = list(dict.fromkeys([*([IMAGE_AS_IS] if maps else []), *views, *(((k, False) for k in range(ROTATIONS)) if rotation else ())]))
     deviation: dict[int, np.ndarray] | None = {} if maps else None
-    pooled = np.empty((n, len(views), net.encoder.out_dim), np.float32) if views else None
+    pooled = np.empty((n, len(views), knn_feature_dim(net, knn_scales)), np.float32) if views else None
     scores = np.empty(n, np.float64) if rotation else None
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", dynamic_ncols=True):
         x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
@@ -78,11 +95,10 @@ def extract(
                     deviation.setdefault(s, np.empty((n, *d.shape[1:]), map_dtype))[start:end] = d.float().cpu().numpy()
             if pooled is None and not rotation:
                 continue
-            feature = net.pooled(feats)
             if (turn, mirrored) in slot:
-                pooled[start:end, slot[turn, mirrored]] = feature.cpu().numpy()
+                pooled[start:end, slot[turn, mirrored]] = knn_feature(net, feats, knn_scales).cpu().numpy()
             if rotation and not mirrored:
-                total += net.rotation_nll(feature, turn)
+                total += net.rotation_nll(net.pooled(feats), turn)
         if scores is not None:
             scores[start:end] = (total / ROTATIONS).cpu().numpy()
     return Extracted(deviation, pooled, scores)
