@@ -83,6 +83,14 @@ def paired_overheads(rates: dict[str, dict], name: str) -> list[float]:
     return [p / v - 1 for p, v in zip(rates["plain"]["rounds"], rates[name]["rounds"], strict=True)]
 
 
+def add_step_costs(stage1: dict) -> None:
+    """Each memory step's round costs and their median (`overhead`); the full step's median is the target's figure."""
+    for name in ("memory", "memory_rotation"):
+        stage1[name]["round_overheads"] = paired_overheads(stage1, name)
+        stage1[name]["overhead"] = float(np.median(stage1[name]["round_overheads"]))
+    stage1["memory_overhead"] = stage1["memory_rotation"]["overhead"]
+
+
 def _softmax_then_matmul(memory: HopfieldMemory, fmap: torch.Tensor) -> torch.Tensor:
     """The read as method.md writes it, with the (B*H*W, N) attention kept for autograd."""
     b, c, h, w = fmap.shape
@@ -180,7 +188,7 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {v:.0f} | +0% | |")
         else:
             costs = s[name]["round_overheads"]
-            lines.append(f"| {name} | {v:.0f} | {float(np.median(costs)):+.0%} | {', '.join(f'{c:+.0%}' for c in costs)} |")
+            lines.append(f"| {name} | {v:.0f} | {s[name]['overhead']:+.0%} | {', '.join(f'{c:+.0%}' for c in costs)} |")
     if "rounds" in s["plain"]:
         each = "; ".join(f"{name} " + ", ".join(f"{v:.0f}" for v in s[name]["rounds"]) for name in ("plain", "memory", "memory_rotation"))
         how = "each round's cost is its plain rate over its own rate, the median of those is the cost" if paired else "medians of the rates"
@@ -306,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = {"class": args.cls, "images": int(images.shape[0]), "batch_size": params.train.batch_size}
     stage1.update(step_rates(params, images, rotation, args.rounds))
     full = stage1["memory_rotation"]["images_per_second"]
-    for name in ("memory", "memory_rotation"):
-        stage1[name]["round_overheads"] = paired_overheads(stage1, name)
-    stage1["memory_overhead"] = float(np.median(stage1["memory_rotation"]["round_overheads"]))
+    add_step_costs(stage1)
     views_per_second = augmentation_throughput(params, images)
     result = {
         "git_commit": git_commit(),
