@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         measured = _read(Path(f"{args.report}.json"))
         if measured is None:
             raise SystemExit(f"--render-only: {args.report}.json is missing; run `python -m benchmarks` first")
+        if "rounds" in measured["stage1"]["plain"]:  # reports of 2026-12-01 kept the round costs but not their medians
+            add_step_costs(measured["stage1"])
         result = {
             **measured,
             "grid": _read(GRID),

@@ -94,6 +94,13 @@ def test_render_only_rewrites_the_report_from_its_json_without_timing(tmp_path, 
     assert bench.main(["--render-only", "--report", str(prefix)]) == 0
     text = (tmp_path / "benchmarks.md").read_text()
     assert "| plain | 300 | +0% |" in text and "| memory_rotation | 200 | +50% |" in text
+    # a paired report holds each round's rate; its costs are derived from them again, as a timed run derives them
+    paired = _step_figures()
+    for name, rounds in (("plain", [300.0, 150.0]), ("memory", [270.0, 140.0]), ("memory_rotation", [250.0, 120.0])):
+        paired["stage1"][name]["rounds"] = rounds
+    (tmp_path / "benchmarks.json").write_text(json.dumps(paired))
+    assert bench.main(["--render-only", "--report", str(prefix)]) == 0
+    assert "| memory_rotation | 200 | +22% | +20%, +25% |" in (tmp_path / "benchmarks.md").read_text()
 
 
 def _plain_and_default(plain_auroc: float, single_view_auroc: float, default_auroc: float) -> dict:
