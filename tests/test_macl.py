@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,7 +24,9 @@ LOSS_KEYS = ("loss", "loss_memory", "loss_plain", "loss_variance")
 def _params(**train):
     t = {"device": "cpu", "precision": "fp32", "epochs": 2, "batch_size": 50, "lr": 0.2, "warmup_epochs": 1, "known_batch_size": 10}
     t.update(train)
-    return parse_params({"model": {"arch": "resnet20", "width": 8, "proj_dim": 16}, "memory": {"scales": [2, 3], "size": 16}, "train": t})
+    model = {"arch": "resnet20", "width": 8, "proj_dim": 16}
+    memory = {"scales": [2, 3], "size": 16}
+    return parse_params({"model": model, "memory": memory, "contrastive": {"rotation_weight": 0.0}, "train": t})
 
 
 def _class(cifar_train_slice, cls, n=100) -> torch.Tensor:
@@ -151,22 +154,27 @@ def test_plain_simclr_without_memory_trains_and_logs_no_memory_terms(cifar_train
     assert history[-1]["loss"] < history[0]["loss"] - 0.2, [round(h["loss"], 3) for h in history]
 
 
-def test_rotation_head_learns_to_name_the_turn(cifar_train_slice):
-    # A heavy rotation weight and a gentle LR, so that 50 steps are enough to see the head learn.
-    p = _variant_params(rotation_weight=5.0, epochs=5)
+def _upright_images(n: int, seed: int) -> torch.Tensor:
+    """Noise images dark at the top and bright at the bottom, under any crop or jitter: each turn is plain to see."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(20, 235, 32)[None, :, None, None]
+    return torch.as_tensor(np.clip(ramp + rng.normal(0, 25, (n, 32, 32, 3)), 0, 255).astype(np.uint8))
+
+
+def test_rotation_head_learns_to_name_the_turn():
+    # Synthetic images whose "up" is plain: on CIFAR the head needs far more than a test's steps (at 50 steps its
+    # loss sat within 0.03 of chance, and on which side depended on the CPU).
+    p = _variant_params(rotation_weight=5.0, epochs=4)
     p = p.model_copy(update={"train": p.train.model_copy(update={"batch_size": 100, "lr": 0.05})})
     seed_everything(0)
     net = AnoMemNet.from_params(p)
-    normal = torch.as_tensor(cifar_train_slice[0])  # all 1,000 images: 50 steps
-    history = macl.train_macl(net, normal, None, p, RUNTIME, 0, progress=False)
+    history = macl.train_macl(net, _upright_images(400, seed=0), None, p, RUNTIME, 0, progress=False)
     first, last = history[0], history[-1]
     assert last["loss"] == pytest.approx(
         last["loss_memory"] + last["loss_plain"] + last["loss_variance"] + 5.0 * last["loss_rotation"], rel=1e-5
     )
-    # Chance is log 4 = 1.386: the head must have learnt something about which way is up.
-    assert last["loss_rotation"] < first["loss_rotation"] and last["loss_rotation"] < math.log(4) - 0.03, [
-        round(h["loss_rotation"], 3) for h in history
-    ]
+    # Chance is log 4 = 1.386; a head that names the turn goes far below it (0.05 to 0.12 over seeds 0-2 here).
+    assert last["loss_rotation"] < 0.5 < first["loss_rotation"], [round(h["loss_rotation"], 3) for h in history]
 
 
 def test_rotation_weight_without_a_head_is_refused(cifar_train_slice):

@@ -169,7 +169,8 @@ def test_rotate_turns_each_image_by_its_own_quarter_turns():
 
 def test_rotation_head_is_built_only_when_weighted():
     base = {"model": {"arch": "resnet20", "width": WIDTH, "proj_dim": PROJ}, "memory": {"size": SIZE}}
-    assert AnoMemNet.from_params(parse_params(base)).rotation_head is None
+    unweighted = parse_params({**base, "contrastive": {"rotation_weight": 0.0}, "detector": {"combine": ["detector"]}})
+    assert AnoMemNet.from_params(unweighted).rotation_head is None
     net = AnoMemNet.from_params(parse_params({**base, "contrastive": {"rotation_weight": 1.0}}))
     assert net.rotation_head.out_features == 4
 

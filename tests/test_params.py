@@ -36,6 +36,15 @@ def test_defaults_validate_and_round_trip():
     assert parse_params({}) == p
 
 
+def test_defaults_are_the_cpu_profile():
+    """A params file that leaves keys out gets what `dvc repro` runs: the field defaults equal profiles/cpu.yaml."""
+    cpu = flatten(load_params(REPO / "profiles" / "cpu.yaml").to_dict())
+    defaults = flatten(Params().to_dict())
+    assert {k: (v, cpu[k]) for k, v in defaults.items() if cpu[k] != v} == {}  # key: (default, profile)
+    partial = parse_params({"experiment": {"classes": [3]}})
+    assert partial.memory == Params().memory and partial.detector == Params().detector
+
+
 def test_shipped_profiles_exist():
     names = {f.stem for f in PARAM_FILES}
     assert {"cpu", "smoke", "paper", "params"} <= names

@@ -128,7 +128,7 @@ def test_stage_runs_nest_under_one_pair_and_one_experiment(in_store):
 
     run = client.get_run(t1.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["memory.size"] == "256"
+    assert run.data.params["memory.size"] == str(params.memory.size)
     assert run.data.params["memory.scales"] == "[2, 3]"
     assert run.data.params["tracking.experiment_name"] == "anomem-test"
     assert run.data.tags["git_commit"] == git_commit(root)

@@ -1,5 +1,8 @@
 """Typed, validated params: one model per group of params.yaml. The only place params are read.
 
+Every default is the CPU profile's value (profiles/cpu.yaml; a test keeps the two equal), so a params
+file that leaves a key out gets what `dvc repro` runs, not an older or weaker setting.
+
 Every check runs before any work: unknown keys (with the close match suggested), types,
 ranges, allowed values and combinations that make no sense.
 """
@@ -107,7 +110,7 @@ class DataParams(_Group):
 class ModelParams(_Group):
     arch: Literal["resnet20", "resnet32", "resnet44", "resnet18", "resnet34"] = "resnet20"
     # At width 4, torch 2.14.1 channels_last convolutions crash natively on an AVX2 CPU (segfault seen here).
-    width: int = Field(16, ge=8, le=256)
+    width: int = Field(8, ge=8, le=256)
     proj_dim: int = Field(128, ge=8, le=4096)
     # fixed: (x - 0.5) / 0.25, independent of the data; dataset: per-channel mean and std of the normal training images.
     input_norm: Literal["fixed", "dataset"] = "fixed"
@@ -118,7 +121,7 @@ class MemoryParams(_Group):
     enabled: bool = True  # false: the plain SimCLR baseline (no memories; D_s is F_s)
     scales: list[int] = Field(default_factory=lambda: [2, 3])
     # >= 2: the variance term is a std over the items, undefined for one item.
-    size: int = Field(256, ge=2, le=65536)
+    size: int = Field(64, ge=2, le=65536)
     beta: float = Field(10.0, gt=0.0, le=1000.0)
     var_weight: float = Field(1.0, ge=0.0)
     # cosine: softmax(beta * z_hat . M_hat^T) . M; dot: softmax(beta * z . M^T / sqrt(C)) . M (scaled dot-product).
@@ -154,7 +157,7 @@ NonEmptyUnique = Annotated[L, AfterValidator(non_empty_unique)]
 class ContrastiveParams(_Group):
     temperature: float = Field(0.2, gt=0.0, le=10.0)
     plain_weight: float = Field(1.0, ge=0.0)
-    rotation_weight: float = Field(0.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
+    rotation_weight: float = Field(1.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
     color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
@@ -171,7 +174,7 @@ class ContrastiveParams(_Group):
 class TrainParams(_Group):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(8, ge=1)
     batch_size: int = Field(256, ge=2)
     known_batch_size: int = Field(32, ge=1)
     lr: float = Field(0.4, gt=0.0)
@@ -189,12 +192,12 @@ class TrainParams(_Group):
 
 
 class DetectorParams(_Group):
-    channels: int = Field(16, ge=1)
-    hidden: int = Field(64, ge=1)
+    channels: int = Field(32, ge=1)
+    hidden: int = Field(128, ge=1)
     rep_dim: int = Field(32, ge=1)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(256, ge=2)
-    known_batch_size: int = Field(32, ge=1)
+    known_batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(1e-6, ge=0.0)
     eta: float = Field(1.0, ge=0.0)
@@ -210,11 +213,11 @@ class DetectorParams(_Group):
     scale_weights: ScaleWeights = "inverse_energy"
     # one_class: maps of normal images turned by 90/180/270 degrees stand in for known anomalies (CSI's
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
-    shifted_negatives: bool = False
+    shifted_negatives: bool = True
     knn_k: int = Field(1, ge=1)
     # Test-time views of the kNN score, each scored against the same view of the normal training images:
     # the four quarter turns (CSI's shifted views) and the mirror image of each.
-    knn_turns: bool = False
+    knn_turns: bool = True
     knn_mirror: bool = False
     # Encoder stages whose average-pooled maps make the kNN feature (each L2-normalised, side by side);
     # empty: the last stage, as SimCLR and CSI score it.
@@ -222,10 +225,10 @@ class DetectorParams(_Group):
     # The headline `combined` sums these scores, each standardised on the normal validation images; a
     # listed score the run lacks (rotation without a rotation head) is left out.
     combine: NonEmptyUnique[list[Literal["detector", "rotation", "knn", "deviation"]]] = Field(
-        default_factory=lambda: ["detector", "rotation"]
+        default_factory=lambda: ["detector", "rotation", "knn"]
     )
     # unbalanced: sum only the subset of `combine` with the best validation AUROC (normal vs known anomalies).
-    pick_by_validation: bool = False
+    pick_by_validation: bool = True
 
     @field_validator("knn_scales")
     @classmethod
