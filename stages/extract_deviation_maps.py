@@ -8,14 +8,14 @@ import time
 import numpy as np
 
 from anomem import io, layout
-from anomem.data import quarter_turned
+from anomem.data import quarter_turned, require_square_for_turns
 from anomem.deviation import map_bytes
 from anomem.errors import run_cli
 from anomem.model import AnoMemNet
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
-from anomem.views import extract, scoring_views
+from anomem.views import extract, recompute_bn_statistics, scoring_views
 
 SPLITS = ("train_normal", "val_normal", "train_known", "val_known", "test")
 SHIFTED = {
@@ -38,6 +38,7 @@ def main() -> None:
         "train": np.load(layout.images_file("train"), mmap_mode="r"),
         "test": np.load(layout.images_file("test"), mmap_mode="r"),
     }
+    require_square_for_turns(images["train"].shape[1:3], params, [args.setting])
     out = layout.deviation_dir(pair)
     total = sum(split[s].size for s in SPLITS) + (
         sum(split[s].size for s in SHIFTED.values()) if uses_shifted_negatives(params, args.setting) else 0
@@ -52,6 +53,9 @@ def main() -> None:
         if uses_shifted_negatives(params, args.setting):
             sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
         views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
+        if params.detector.bn_recompute:
+            turned = params.detector.knn_turns or net.rotation_head is not None
+            recompute_bn_statistics(net, sources["train_normal"], runtime, params.train.eval_batch_size, turns=turned)
         for name, batch in sources.items():
             rotating = net.rotation_head is not None and name in SCORED
             got = extract(

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from anomem import io, layout
+from anomem.data import require_square_for_turns
 from anomem.errors import DataError, run_cli
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
@@ -33,6 +34,7 @@ def main() -> None:
     with np.load(layout.split_file(args.cls, args.setting)) as f:
         split = {k: f[k] for k in f.files}
     train_images = np.load(layout.images_file("train"), mmap_mode="r")
+    require_square_for_turns(train_images.shape[1:3], params, [args.setting])
     normal = torch.from_numpy(np.ascontiguousarray(train_images[split["train_normal"]]))
     known = torch.from_numpy(np.ascontiguousarray(train_images[split["train_known"]])) if split["train_known"].size else None
 

@@ -151,12 +151,29 @@ def test_missing_array_key(tmp_path, missing):
     assert "other" in msg  # says what the archive has
 
 
-@pytest.mark.parametrize("shape", [(20, 32, 32), (20, 32, 32, 4), (20, 3, 32, 32), (32, 32, 3)])
+@pytest.mark.parametrize("shape", [(20, 32, 32, 4), (20, 3, 32, 32), (32, 32, 3), (20, 32), (2, 20, 32, 32, 3)])
 def test_wrong_image_shape(tmp_path, shape):
     f = _write_npz(tmp_path / "s.npz", images=np.zeros(shape, np.uint8), labels=np.zeros(20, np.int64))
     msg = _read_error(f)
     assert "(N, H, W, 3)" in msg
     assert str(shape) in msg
+
+
+def test_channels_first_images_get_a_hint(tmp_path):
+    f = _write_npz(tmp_path / "s.npz", images=np.zeros((20, 3, 32, 32), np.uint8), labels=np.zeros(20, np.int64))
+    assert "channels-first" in _read_error(f)
+
+
+@pytest.mark.parametrize("shape", [(20, 28, 28), (20, 28, 28, 1)])
+def test_grayscale_images_are_read_as_rgb(tmp_path, shape):
+    gray = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    f = _write_npz(tmp_path / "g.npz", images=gray, labels=np.arange(20) % 10)
+    got = read_npz(f, 10)
+    assert got.images.shape == (20, 28, 28, 3) and got.source_channels == 1
+    for channel in range(3):
+        np.testing.assert_array_equal(got.images[..., channel], gray.reshape(20, 28, 28))
+    rgb = _write_npz(tmp_path / "c.npz", images=np.repeat(gray.reshape(20, 28, 28, 1), 3, 3), labels=np.arange(20) % 10)
+    assert read_npz(rgb, 10).source_channels == 3
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint16])

@@ -254,3 +254,29 @@ def test_rotation_nll_is_the_negative_log_probability_of_the_turn():
     pooled = torch.randn(5, net.encoder.out_dim)
     probs = torch.softmax(net.rotation_head(pooled), dim=1)
     assert torch.allclose(net.rotation_nll(pooled, 2), -probs[:, 2].log(), atol=1e-5)
+
+
+def test_recomputed_bn_statistics_are_the_exact_average_over_the_batches():
+    net = _net()
+    batches = [_images(8, seed=1), _images(8, seed=2)]
+    stem_bn = net.encoder.stem[1]
+    momentum = stem_bn.momentum
+    net.recompute_bn_statistics(iter(batches))
+    with torch.no_grad():
+        conv = torch.cat([net.encoder.stem[0]((x - net.input_mean) / net.input_std) for x in batches])
+    torch.testing.assert_close(stem_bn.running_mean, conv.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert int(stem_bn.num_batches_tracked) == 2 and stem_bn.momentum == momentum and not net.training
+
+
+def test_recomputing_bn_statistics_rescues_a_net_whose_running_statistics_never_settled():
+    """A stage 1 of very few steps leaves running statistics far from its features; eval-mode features then explode."""
+    net = _net()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.fill_(1e-4)
+    x = _images(16, seed=3)
+    with torch.no_grad():
+        exploded = net.eval().features(x)[3].abs().max()
+        net.recompute_bn_statistics([x])
+        settled = net.features(x)[3].abs().max()
+    assert exploded > 1e4 and settled < 50

@@ -16,20 +16,35 @@ import torch
 from torch import nn
 
 from anomem.errors import DataError
-from anomem.params import SETTINGS, DataParams
+from anomem.params import SETTINGS, DataParams, Params, uses_shifted_negatives
 
 
 @dataclass(frozen=True)
 class ImageSet:
-    images: np.ndarray  # (N, H, W, 3) uint8, RGB
+    images: np.ndarray  # (N, H, W, 3) uint8, RGB (grayscale sources repeated to three channels)
     labels: np.ndarray  # (N,) int64
+    source_channels: int = 3  # 1 when the archive held grayscale images
+
+
+def _check_image_shape(images, file: Path) -> None:
+    allowed = "(N, H, W, 3), or (N, H, W) / (N, H, W, 1) for grayscale"
+    if not isinstance(images, np.ndarray) or images.ndim not in (3, 4):
+        raise DataError(f"{file}: 'images' must have shape {allowed}, got {getattr(images, 'shape', type(images))}")
+    if images.ndim == 3 and images.shape[2] in (3, 4):
+        raise DataError(f"{file}: 'images' must have shape {allowed}, got {images.shape}: that is one colour image, not a stack of them")
+    if images.ndim == 4 and images.shape[3] not in (1, 3):
+        hint = ": it looks channels-first, so transpose it to (N, H, W, C)" if images.shape[1] in (1, 3) else ""
+        raise DataError(f"{file}: 'images' must have shape {allowed}, got {images.shape}{hint}")
 
 
 def _check_arrays(images, labels, file: Path, num_classes: int) -> ImageSet:
-    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[3] != 3:
-        raise DataError(f"{file}: 'images' must have shape (N, H, W, 3), got {getattr(images, 'shape', type(images))}")
+    """Checked arrays; grayscale images become RGB by repeating their one channel."""
+    _check_image_shape(images, file)
     if images.dtype != np.uint8:
         raise DataError(f"{file}: 'images' must be uint8 (0..255), got {images.dtype}")
+    source_channels = 1 if images.ndim == 3 else images.shape[3]
+    if source_channels == 1:
+        images = np.repeat(images.reshape(*images.shape[:3], 1), 3, axis=3)
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise DataError(f"{file}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
@@ -37,7 +52,7 @@ def _check_arrays(images, labels, file: Path, num_classes: int) -> ImageSet:
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)]
         raise DataError(f"{file}: labels must lie in 0..{num_classes - 1}; found {np.unique(bad)[:5].tolist()}")
-    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64))
+    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), source_channels)
 
 
 def read_npz(file: Path, num_classes: int) -> ImageSet:
@@ -155,8 +170,34 @@ def make_split(
     return split
 
 
+def quarter_turn_users(params: Params, settings: tuple[str, ...] | list[str]) -> list[str]:
+    """The params (as `key=value`) that turn images by quarter turns, which only square images allow."""
+    users = []
+    if params.contrastive.rotation_weight > 0:
+        users.append(f"contrastive.rotation_weight={params.contrastive.rotation_weight:g} (the rotation head)")
+    if params.detector.knn_turns:
+        users.append("detector.knn_turns=true (the kNN score over four turns)")
+    if any(uses_shifted_negatives(params, s) for s in settings):
+        users.append("detector.shifted_negatives=true (turned normals as the one_class detector's known anomalies)")
+    return users
+
+
+def require_square_for_turns(image_hw: tuple[int, ...], params: Params, settings: tuple[str, ...] | list[str]) -> None:
+    """A DataError, before any work, when the images are not square but a param turns them by 90 degrees."""
+    h, w = image_hw[:2]
+    users = quarter_turn_users(params, settings)
+    if h != w and users:
+        raise DataError(
+            f"the images are {h}x{w} pixels, not square, and a quarter turn would make them {w}x{h}; these params turn them: "
+            f"{'; '.join(users)}. Switch them off (contrastive.rotation_weight: 0, detector.knn_turns: false, "
+            "detector.shifted_negatives: false) or crop the images to a square"
+        )
+
+
 def quarter_turned(images: np.ndarray, seed: int) -> np.ndarray:
     """Each uint8 NHWC image turned by a random 90, 180 or 270 degrees: CSI's "shifted" copies of normal data."""
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"quarter turns need square images, got {images.shape[1]}x{images.shape[2]}")
     turns = np.random.default_rng(seed).integers(1, 4, images.shape[0])
     out = np.empty_like(images)
     for k in (1, 2, 3):

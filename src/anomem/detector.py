@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from anomem.errors import NumericalError
 from anomem.losses import deep_sad_loss, svdd_distance
 from anomem.params import DetectorParams, Pooling, check_choice
 from anomem.sampling import KnownAnomalyDraws
@@ -103,6 +104,9 @@ class AnomalyDistanceDetector:
     ) -> AnomalyDistanceDetector:
         p = self.params
         n = _length(X)
+        _require_finite(X, "X")
+        if X_val is not None:
+            _require_finite(X_val, "X_val")
         y = np.zeros(n, np.int64) if y is None else np.asarray(y)
         if y.shape != (n,) or not np.isin(y, (0, 1)).all():  # checked before the cast, so 0.5 is not read as 0
             raise ValueError(f"y must hold 0 (normal) or 1 (known anomaly) for each of the {n} samples")
@@ -143,7 +147,7 @@ class AnomalyDistanceDetector:
                 dist = svdd_distance(self.net(self._batch(X, idx)), self.center)
                 loss = deep_sad_loss(dist, torch.as_tensor(y[idx] == 1, device=self.device), p.eta, p.eps, p.loss_reduction)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"detector loss became {loss.item()} at epoch {epoch}, step {step}; lower detector.lr")
+                    raise NumericalError(f"detector loss became {loss.item()} at epoch {epoch}, step {step}; lower detector.lr")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -166,6 +170,7 @@ class AnomalyDistanceDetector:
     def decision_function(self, X: Maps) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("call fit() first")
+        _require_finite(X, "X")
         return svdd_distance(self._embed(X), self.center).cpu().numpy().astype(np.float64)
 
     @torch.no_grad()
@@ -190,6 +195,15 @@ class AnomalyDistanceDetector:
         self.center = state["center"].to(self.device)
         self.best_epoch = state.get("best_epoch")
         return self
+
+
+def _require_finite(X: Maps, name: str) -> None:
+    """A ValueError naming the scale and how many maps hold inf or NaN (PyOD's check_array rule), before any training."""
+    for s, m in X.items():
+        m = np.asarray(m)
+        bad = ~np.isfinite(m).reshape(m.shape[0], int(np.prod(m.shape[1:]))).all(1)
+        if bad.any():
+            raise ValueError(f"{name}[{s}]: {int(bad.sum())} of {len(m)} maps hold inf or NaN (the first is sample {int(np.argmax(bad))})")
 
 
 def _length(X: Maps) -> int:

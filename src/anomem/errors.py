@@ -26,6 +26,10 @@ class TrackingError(AnomemError):
     pass
 
 
+class NumericalError(AnomemError, FloatingPointError):
+    """A loss or a feature left the range of finite numbers (a FloatingPointError too, for callers that catch that)."""
+
+
 def run_cli(main: Callable[[], int | None]) -> None:
     """Run a command's main(); an AnomemError becomes a clear message and exit code 2."""
     try:

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anomem.data import ContrastiveViews, channel_stats, to_float
+from anomem.errors import NumericalError
 from anomem.losses import macl_loss, nt_xent
 from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.params import Params
@@ -177,7 +178,7 @@ def train_macl(
                 loss = loss + c.rotation_weight * rotation
                 parts.update(loss=float(loss.detach()), loss_rotation=float(rotation.detach()))
             if not math.isfinite(parts["loss"]):
-                raise FloatingPointError(f"MACL loss became {parts['loss']} at epoch {epoch}, step {step}; lower train.lr")
+                raise NumericalError(f"MACL loss became {parts['loss']} at epoch {epoch}, step {step}; lower train.lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -8,6 +8,8 @@ a view was turned by, from avgpool(E(v)); its test-time score is in views.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
@@ -25,6 +27,8 @@ ROTATIONS = 4  # 0, 90, 180 and 270 degrees
 
 def rotate(x: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
     """Turn each image x[i] (NCHW, square) by quarter_turns[i] x 90 degrees."""
+    if x.shape[2] != x.shape[3] and bool((quarter_turns % 2 == 1).any()):
+        raise ValueError(f"quarter turns need square images, got {x.shape[2]}x{x.shape[3]}")
     out = x.clone()
     for k in range(1, ROTATIONS):
         pick = (quarter_turns == k).nonzero().flatten().to(x.device)
@@ -110,6 +114,22 @@ class AnoMemNet(nn.Module):
                     self.memory(s).init_from_noise(generator)
                 else:
                     self.memory(s).init_from_features(feats[s], generator)
+
+    @torch.no_grad()
+    def recompute_bn_statistics(self, batches: Iterable[torch.Tensor]) -> None:
+        """Set every encoder BatchNorm's running mean and variance to their average over `batches` (what `features`
+        takes), in place of the moving average over the last training steps' augmented views. Leaves the net in eval mode."""
+        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average: every batch weighs the same
+        self.train()
+        for x in batches:
+            self.features(x)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        self.eval()
 
     def rotation_nll(self, pooled: torch.Tensor, turn: int) -> torch.Tensor:
         """-log p(turn | view) from the rotation head, for views that were all turned by `turn` quarter turns."""

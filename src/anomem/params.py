@@ -214,6 +214,9 @@ class DetectorParams(_Group):
     # one_class: maps of normal images turned by 90/180/270 degrees stand in for known anomalies (CSI's
     # shifted negatives). Not in unbalanced: 4,500 turned copies would crowd out the 225 real anomalies.
     shifted_negatives: bool = True
+    # Before extraction, the encoder's BatchNorm statistics are averaged anew over the un-augmented normal training
+    # images (and their turns, where the scores use turned views), instead of the training's moving average.
+    bn_recompute: bool = False
     knn_k: int = Field(1, ge=1)
     # Test-time views of the kNN score, each scored against the same view of the normal training images:
     # the four quarter turns (CSI's shifted views) and the mirror image of each.

@@ -10,6 +10,7 @@ computed twice. The kNN feature is the average-pooled map of the last stage, or 
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -18,11 +19,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomem.data import to_float
+from anomem.errors import NumericalError
 from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.runtime import Runtime
 
 View = tuple[int, bool]  # (quarter turns, mirrored)
 IMAGE_AS_IS: View = (0, False)
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 class Extracted(NamedTuple):
@@ -48,6 +51,34 @@ def knn_feature(net: AnoMemNet, feats: dict[int, torch.Tensor], scales: tuple[in
 
 def knn_feature_dim(net: AnoMemNet, scales: tuple[int, ...] = ()) -> int:
     return sum(net.encoder.channels[s] for s in scales) if scales else net.encoder.out_dim
+
+
+def recompute_bn_statistics(net: AnoMemNet, images: np.ndarray, runtime: Runtime, batch_size: int, turns: bool) -> None:
+    """`detector.bn_recompute`: the encoder's BatchNorm statistics from the un-augmented uint8 NHWC `images`,
+    and from their three quarter turns too when `turns` (the views the scores pass), in float32 as `extract` runs."""
+    net.to(runtime.device)
+
+    def batches():
+        for start in range(0, images.shape[0], batch_size):
+            x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
+            for turn in range(ROTATIONS) if turns else (0,):
+                yield rotate(x, torch.full((x.shape[0],), turn))
+
+    net.recompute_bn_statistics(batches())
+
+
+def require_storable(d: torch.Tensor, scale: int, map_dtype: str, split: str) -> None:
+    """A NumericalError when deviation maps are not finite, or would overflow to inf as float16."""
+    peak = float(d.abs().max()) if d.numel() else 0.0
+    if not math.isfinite(peak):
+        raise NumericalError(f"{split}: the stage-1 model gives non-finite features at S{scale}: its training diverged (lower train.lr)")
+    if map_dtype == "float16" and peak > FLOAT16_MAX:
+        raise NumericalError(
+            f"{split}: deviation maps at S{scale} reach |D| = {peak:.3g}, beyond float16's largest value {FLOAT16_MAX:g}, so they "
+            "would be stored as inf. Features this large come from a stage-1 model whose BatchNorm statistics have not settled "
+            "(very few training steps): train stage 1 longer (train.epochs), take them from the clean normal images "
+            "(detector.bn_recompute: true), or store float32 maps (detector.map_dtype: float32)"
+        )
 
 
 @torch.no_grad()
@@ -92,7 +123,9 @@ def extract(
             feats = net.features(rotate(x.flip(3) if mirrored else x, torch.full((x.shape[0],), turn)))
             if deviation is not None and (turn, mirrored) == IMAGE_AS_IS:
                 for s, d in net.deviation(feats).items():
-                    deviation.setdefault(s, np.empty((n, *d.shape[1:]), map_dtype))[start:end] = d.float().cpu().numpy()
+                    d = d.float()
+                    require_storable(d, s, map_dtype, desc)
+                    deviation.setdefault(s, np.empty((n, *d.shape[1:]), map_dtype))[start:end] = d.cpu().numpy()
             if pooled is None and not rotation:
                 continue
             if (turn, mirrored) in slot:
