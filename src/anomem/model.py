@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from anomem.encoder import CifarResNet
 from anomem.memory import HopfieldMemory
@@ -115,20 +116,10 @@ class AnoMemNet(nn.Module):
                 else:
                     self.memory(s).init_from_features(feats[s], generator)
 
-    @torch.no_grad()
     def recompute_bn_statistics(self, batches: Iterable[torch.Tensor]) -> None:
         """Set every encoder BatchNorm's running mean and variance to their average over `batches` (what `features`
         takes), in place of the moving average over the last training steps' augmented views. Leaves the net in eval mode."""
-        norms = [m for m in self.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average: every batch weighs the same
-        self.train()
-        for x in batches:
-            self.features(x)
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
+        update_bn(((x - self.input_mean) / self.input_std for x in batches), self.encoder)
         self.eval()
 
     def rotation_nll(self, pooled: torch.Tensor, turn: int) -> torch.Tensor:
