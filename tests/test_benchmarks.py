@@ -10,9 +10,19 @@ import pytest
 import torch
 import yaml
 from benchmarks import ablate, grid, plain_baseline
-from benchmarks.__main__ import add_step_costs, markdown, memory_read_seconds, paired_overheads, step_rates
+from benchmarks.__main__ import (
+    add_step_costs,
+    count_flops,
+    markdown,
+    memory_path_flops,
+    memory_read_seconds,
+    paired_overheads,
+    step_flops,
+    step_rates,
+)
 
-from anomem.params import load_params
+from anomem.model import AnoMemNet
+from anomem.params import Params, load_params
 from conftest import REPO
 
 CHILD = """
@@ -220,3 +230,44 @@ def test_the_step_cost_pairs_each_round_with_its_own_plain_step():
     text = markdown(figures)
     assert "| memory_rotation | 200 | +22% | +20%, +25% |" in text
     assert "Measured: 22% (NOT met; the rounds range 20% to 25%)" in text
+
+
+def test_the_flop_floor_is_what_a_whole_memory_step_adds_to_the_plain_step():
+    params = Params()
+    params = params.model_copy(update={"train": params.train.model_copy(update={"batch_size": 8})})
+    got = memory_path_flops(params, [2, 3], (32, 32))
+    # one step with both paths, the shared stages' backward run once, counts exactly plain + what the path adds
+    torch.manual_seed(0)
+    net = AnoMemNet.from_params(params)
+    x = torch.rand(16, 3, 32, 32)
+    net.init_memories(x[:8])
+
+    def whole_step():
+        feats = net.features(x)
+        (net.project(net.pooled(feats)).sum() + net.memory_path(feats).sum()).backward()
+
+    assert count_flops(whole_step) == got["plain"] + got["memory_path"]
+    # each read: two (L x N x C) products forward and four backward, L = views x H_s x W_s, N items, C_s channels
+    n = params.memory.size
+    assert got["reads"] == sum(12 * 16 * hw * hw * n * c for hw, c in ((16, 16), (8, 32)))
+    assert 0.3 < got["share"] < 0.5, "the second pass through stage 3 is about a third of the encoder"
+    both = step_flops(params, (32, 32))
+    assert both["params_scales"]["share"] == got["share"]
+    assert both["last_stage_only"]["scales"] == [3] and both["last_stage_only"]["share"] < 0.05, "S3 alone: no second pass"
+
+
+def test_report_sets_the_step_cost_beside_its_flop_floor():
+    figures = {**_step_figures(), "flops": step_flops(Params(), (32, 32))}
+    text = markdown(figures)
+    assert "the memory path at S2, S3 adds 12.5 GFLOP (**+40%**)" in text
+    assert "the 20% target is above the design's floor" not in text and "target is below the design's floor" in text
+    assert "A memory at S3 alone (`memory.scales: [3]`) adds 0.8 GFLOP (+3%, no second pass)" in text
+    assert "FLOP floor" not in markdown(_step_figures()), "reports timed before the count have no floor line"
+
+
+def test_flops_only_prints_the_floor_of_any_profile_without_timing(capsys, monkeypatch):
+    import benchmarks.__main__ as bench
+
+    monkeypatch.setattr(bench, "step_rates", lambda *a, **k: pytest.fail("--flops-only must not time anything"))
+    assert bench.main(["--flops-only", "--params", str(REPO / "profiles" / "paper.yaml")]) == 0
+    assert "the memory path at S2, S3, S4 adds 2012.1 GFLOP (**+59%**)" in capsys.readouterr().out
