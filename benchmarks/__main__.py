@@ -150,7 +150,7 @@ def memory_path_flops(params: Params, scales: list[int], image_hw: tuple[int, in
     leaves = {s: f.requires_grad_() for s, f in feats.items()}
     added = count_flops(lambda: net.memory_path(leaves).sum().backward())
     reads = sum(count_flops(lambda s=s: net.memory(s)(leaves[s]).sum().backward()) for s in scales)
-    return {"scales": scales, "views": views, "plain": plain, "memory_path": added, "reads": reads, "share": added / plain}
+    return {"scales": sorted(scales), "views": views, "plain": plain, "memory_path": added, "reads": reads, "share": added / plain}
 
 
 def step_flops(params: Params, image_hw: tuple[int, int]) -> dict:
