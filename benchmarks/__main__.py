@@ -28,10 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from anomem import io
 from anomem.data import ContrastiveViews, to_float
-from anomem.encoder import BLOCKS
 from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
-from anomem.params import Params, load_params
+from anomem.params import ARCH_STAGES, Params, load_params
 from anomem.runtime import environment, git_commit
 from benchmarks.common import load_class_images, step_throughput, variant
 
@@ -155,10 +154,9 @@ def memory_path_flops(params: Params, scales: list[int], image_hw: tuple[int, in
 
 def step_flops(params: Params, image_hw: tuple[int, int]) -> dict:
     """The memory path's FLOP share at the params' scales, and at the last stage alone (no second pass)."""
-    last = len(BLOCKS[params.model.arch])
     return {
         "params_scales": memory_path_flops(params, params.memory.scales, image_hw),
-        "last_stage_only": memory_path_flops(params, [last], image_hw),
+        "last_stage_only": memory_path_flops(params, [ARCH_STAGES[params.model.arch]], image_hw),
     }
 
 
