@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from anomem import io, layout
-from anomem.params import flatten, pair_id, parse_params
+from anomem.params import flatten, pair_id, parse_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
@@ -49,7 +49,7 @@ def overridden(base: dict, overrides: list[str]) -> dict:
         group, _, name = key.partition(".")
         if not name or group not in params:
             raise SystemExit(f"-S {item}: expected GROUP.KEY=VALUE with GROUP one of {sorted(params)}")
-        params[group][name] = yaml.safe_load(value)
+        params[group][name] = read_yaml(value)
     return params
 
 
@@ -73,7 +73,7 @@ def check_reusable(params: dict, stage_names: list[str], repo: Path = REPO) -> N
     lock_path = repo / "dvc.lock"
     if not lock_path.exists():
         raise SystemExit(f"--reuse-grid: {lock_path} is missing; run the grid (`dvc repro`) first")
-    lock = yaml.safe_load(lock_path.read_text()).get("stages", {})
+    lock = read_yaml(lock_path.read_text()).get("stages", {})  # DVC writes 1e-06 for 0.000001
     flat = flatten(params)
     for name in stage_names:
         if name not in lock:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # a killed row unwinds like Ctrl-C: the running stage is stopped and the scratch folder removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    base = yaml.safe_load(Path(args.params).read_text())
+    base = read_yaml(Path(args.params).read_text())
     params = overridden(base, [f"experiment.classes={args.classes}", f"experiment.settings={args.settings}", *args.overrides])
     params.setdefault("tracking", {})["enabled"] = False
     name = args.name or ("+".join(o.replace("/", "_") for o in args.overrides) or "default")

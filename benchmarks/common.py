@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from anomem import layout
-from anomem.errors import DataError
+from anomem import io, layout
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
 from anomem.params import Params
@@ -14,17 +13,13 @@ from anomem.runtime import make_runtime, seed_everything
 
 
 def load_split(cls: int, setting: str = "one_class") -> dict[str, np.ndarray]:
-    path = layout.split_file(cls, setting)
-    if not path.exists():
-        raise DataError(f"{path}: missing; run `dvc repro prepare_data` first (the benchmarks read the prepared data)")
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    return io.load_npz(layout.split_file(cls, setting), layout.PREPARED_BY)
 
 
 def load_class_images(params: Params, cls: int) -> np.ndarray:
     """The normal training images of class `cls` (uint8 NHWC), from data/prepared."""
     split = load_split(cls)
-    return np.ascontiguousarray(np.load(layout.images_file("train"), mmap_mode="r")[split["train_normal"]])
+    return np.ascontiguousarray(io.load_npy(layout.images_file("train"), layout.PREPARED_BY, mmap=True)[split["train_normal"]])
 
 
 def variant(params: Params, memory_enabled: bool | None = None, rotation_weight: float | None = None, epochs: int | None = None) -> Params:

@@ -34,11 +34,7 @@ def main() -> None:
         for cls in e.classes:
             for seed in e.seeds:
                 pair = pair_id(cls, setting, seed)
-                path = layout.scores_dir(pair) / "scores.npz"
-                if not path.exists():
-                    raise DataError(f"{path}: missing; run `dvc repro train_detector@{pair}` first")
-                with np.load(path) as f:
-                    scores[pair] = {k: f[k] for k in f.files}
+                scores[pair] = io.load_npz(layout.scores_dir(pair) / "scores.npz", f"`dvc repro train_detector@{pair}`")
     present = [available_scores([k.removeprefix("score_") for k in s]) for s in scores.values()]
     if any(p != present[0] for p in present):
         raise DataError("the pairs were scored with different params (their score sets differ); re-run `dvc repro`")
@@ -61,7 +57,7 @@ def main() -> None:
         }
         for setting in e.settings
     }
-    test_images = np.load(layout.images_file("test"), mmap_mode="r")
+    test_images = io.load_npy(layout.images_file("test"), layout.PREPARED_BY, mmap=True)
 
     with stage_run(params, "evaluate") as run:
         io.write_json(layout.REPORTS / "metrics.json", metrics)

@@ -32,12 +32,8 @@ def main() -> None:
 
     net = AnoMemNet.from_params(params)
     net.load_state_dict(io.load_torch(layout.model_dir(pair) / "model.pt")["model"])
-    with np.load(layout.split_file(args.cls, args.setting)) as f:
-        split = {k: f[k] for k in f.files}
-    images = {
-        "train": np.load(layout.images_file("train"), mmap_mode="r"),
-        "test": np.load(layout.images_file("test"), mmap_mode="r"),
-    }
+    split = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)
+    images = {name: io.load_npy(layout.images_file(name), layout.PREPARED_BY, mmap=True) for name in ("train", "test")}
     require_square_for_turns(images["train"].shape[1:3], params, [args.setting])
     out = layout.deviation_dir(pair)
     total = sum(split[s].size for s in SPLITS) + (

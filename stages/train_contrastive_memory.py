@@ -1,4 +1,9 @@
-"""Stage train_contrastive_memory: MACL on one (class, setting, seed); resumes from its last checkpoint."""
+"""Stage train_contrastive_memory: MACL on one (class, setting, seed); resumes from its last checkpoint.
+
+Checkpoints live under the project root (not the DVC temp workspace that `dvc exp run --temp/--queue` deletes
+when a run ends), one file per fingerprint, so queued experiments that train the same pair with other params
+never overwrite or resume each other's.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,18 @@ from anomem.data import require_square_for_turns
 from anomem.errors import DataError, run_cli
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
-from anomem.runtime import environment, git_commit
+from anomem.runtime import environment, git_commit, project_root
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
+
+# train.* keys that cannot change the trained weights: changing them keeps a checkpoint usable.
+NOT_IN_FINGERPRINT = ("eval_batch_size", "checkpoint_every_epochs")
 
 
 def fingerprint(params, seed: int, split: dict) -> str:
     """What a checkpoint must match to be resumed: the stage's params, the seed and the split."""
     relevant = {k: params.to_dict()[k] for k in ("model", "memory", "contrastive", "train")}
+    relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in NOT_IN_FINGERPRINT}
     h = hashlib.sha256(json.dumps({"params": relevant, "seed": seed}, sort_keys=True).encode())
     h.update(np.ascontiguousarray(split["train_normal"]).tobytes())
     h.update(np.ascontiguousarray(split["train_known"]).tobytes())
@@ -31,15 +40,19 @@ def main() -> None:
     stage = pair_stage(__doc__)
     args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
 
-    with np.load(layout.split_file(args.cls, args.setting)) as f:
-        split = {k: f[k] for k in f.files}
-    train_images = np.load(layout.images_file("train"), mmap_mode="r")
+    split = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)
+    train_images = io.load_npy(layout.images_file("train"), layout.PREPARED_BY, mmap=True)
     require_square_for_turns(train_images.shape[1:3], params, [args.setting])
     normal = torch.from_numpy(np.ascontiguousarray(train_images[split["train_normal"]]))
     known = torch.from_numpy(np.ascontiguousarray(train_images[split["train_known"]])) if split["train_known"].size else None
 
-    checkpoint = layout.resume_dir(pair) / "last.pt"
     fp = fingerprint(params, args.seed, split)
+    resume_dir = project_root() / layout.resume_dir(pair)
+    checkpoint = resume_dir / f"{fp[:16]}.pt"
+    io.remove_stale_temporaries(resume_dir, checkpoint.name)  # a save cut short by a kill; not another run's
+    others = sorted(p.name for p in resume_dir.glob("*.pt") if p != checkpoint)
+    if others:
+        print(f"ignoring {', '.join(others)} in {resume_dir}: made with other params, seed or data")
     resume = None
     if checkpoint.exists():
         try:

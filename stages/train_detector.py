@@ -17,8 +17,8 @@ from anomem.tracking import stage_run
 TOP_K = 6  # highest-scored test images kept with their deviation heatmaps
 
 
-def load_maps(folder, split: str, scales: list[int]) -> dict[int, np.ndarray]:
-    return {s: np.load(folder / f"{split}_s{s}.npy", mmap_mode="r") for s in scales}
+def load_maps(folder, split: str, scales: list[int], made_by: str) -> dict[int, np.ndarray]:
+    return {s: io.load_npy(folder / f"{split}_s{s}.npy", made_by, mmap=True) for s in scales}
 
 
 def main() -> None:
@@ -29,12 +29,14 @@ def main() -> None:
     shifted = uses_shifted_negatives(params, args.setting)
 
     names = ("train_normal", "train_known", "val_normal", "val_known", "test") + (("train_shifted", "val_shifted") if shifted else ())
-    maps = {name: load_maps(folder, name, scales) for name in names}
+    made_by = f"`dvc repro extract_deviation_maps@{pair}`"
+    maps = {name: load_maps(folder, name, scales, made_by) for name in names}
     scored = ("val_normal", "val_known", "test")
-    pooled = {name: np.load(folder / f"{name}_pooled.npy") for name in ("train_normal", *scored)}
-    rotation = {name: np.load(folder / f"{name}_rotation.npy") for name in scored} if params.contrastive.rotation_weight > 0 else None
-    with np.load(layout.split_file(args.cls, args.setting)) as f:
-        test_labels = f["test_labels"]
+    pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in ("train_normal", *scored)}
+    rotation = (
+        {name: io.load_npy(folder / f"{name}_rotation.npy", made_by) for name in scored} if params.contrastive.rotation_weight > 0 else None
+    )
+    test_labels = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)["test_labels"]
 
     def stack(normal: str, *anomalous: str) -> tuple[dict[int, np.ndarray], np.ndarray]:
         parts = [normal, *anomalous]

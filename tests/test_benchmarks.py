@@ -70,8 +70,9 @@ def test_grid_timer_passes_a_failure_on(tmp_path, monkeypatch):
 
 def test_ablation_overrides_parse_like_dvc_exp_run():
     base = yaml.safe_load((REPO / "profiles" / "cpu.yaml").read_text())
-    out = ablate.overridden(base, ["memory.size=16", "experiment.classes=[2, 3]", "detector.shifted_negatives=false"])
+    out = ablate.overridden(base, ["memory.size=16", "experiment.classes=[2, 3]", "detector.shifted_negatives=false", "train.lr=1e-3"])
     assert out["memory"]["size"] == 16 and out["experiment"]["classes"] == [2, 3] and out["detector"]["shifted_negatives"] is False
+    assert out["train"]["lr"] == 1e-3, "an exponent float is a float, as DVC reads it"
     assert base["memory"]["size"] == 64, "the base params must not change"
     with pytest.raises(SystemExit, match="GROUP.KEY=VALUE"):
         ablate.overridden(base, ["size=16"])

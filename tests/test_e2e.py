@@ -84,7 +84,7 @@ def test_every_output_exists(smoke_repo):
                 assert (root / f"data/models/{pair}/model.pt").exists()
                 assert (root / f"data/deviation/{pair}/test_s{params['memory']['scales'][0]}.npy").exists()
                 assert (root / f"data/scores/{pair}/scores.npz").exists()
-                assert not (root / f"data/resume/{pair}/last.pt").exists(), "a finished run must drop its resume checkpoint"
+                assert not list((root / f"data/resume/{pair}").glob("*.pt")), "a finished run must drop its resume checkpoint"
     for setting in e["settings"]:
         for kind in ("roc", "histograms", "heatmaps"):
             assert (root / f"reports/plots/{kind}_{setting}.png").stat().st_size > 1000
@@ -223,8 +223,9 @@ def test_queued_experiments_run_in_parallel_and_both_reach_mlflow(committed_repo
     root, env = committed_repo
     # Detector-only sweeps, so that the test is quick: two workers re-train the detector and evaluate
     # at the same time, both writing to one sqlite store.
-    for epochs in (2, 3):
-        queued = run(["dvc", "exp", "run", "--queue", "-n", f"det{epochs}", "-S", f"detector.epochs={epochs}"], root, env)
+    # det3's lr reaches params.yaml as DVC writes it, 5e-05 (YAML 1.2), which must still read as a float.
+    for epochs, extra in ((2, []), (3, ["-S", "detector.lr=0.00005"])):
+        queued = run(["dvc", "exp", "run", "--queue", "-n", f"det{epochs}", "-S", f"detector.epochs={epochs}", *extra], root, env)
         assert queued.returncode == 0, queued.stderr
     started = run(["dvc", "queue", "start", "-j", "2"], root, env)
     assert started.returncode == 0, started.stderr
@@ -244,6 +245,8 @@ def test_queued_experiments_run_in_parallel_and_both_reach_mlflow(committed_repo
         keys = dict(con.execute("select run_uuid, value from tags where key = 'anomem.key'").fetchall())
         levels = dict(con.execute("select run_uuid, value from tags where key = 'anomem.level'").fetchall())
         params = dict(con.execute("select run_uuid, value from params where key = 'detector.epochs'").fetchall())
+        lrs = dict(con.execute("select run_uuid, value from params where key = 'detector.lr'").fetchall())
     parents = {keys[r]: r for r, level in levels.items() if level == "experiment"}
     assert {"det2", "det3"} <= set(parents), parents  # one experiment run each, to pick and compare in the UI
     assert params.get(parents["det2"]) == "2" and params.get(parents["det3"]) == "3", "experiment runs carry every param"
+    assert float(lrs[parents["det3"]]) == 0.00005

@@ -6,6 +6,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +203,31 @@ def test_enospc_from_save_npy(tmp_path, monkeypatch):
     assert _temporaries(tmp_path) == []
 
 
+def _short_write(arrays_written: list):
+    """np.save as numpy behaves when the disk fills mid-array: part of the bytes land, then an OSError without errno."""
+
+    def save(f, array, **_kwargs):
+        f.write(b"\x93NUMPY" + bytes(100))
+        arrays_written.append(array)
+        raise OSError(f"{array.nbytes} requested and 100 written")
+
+    return save
+
+
+@pytest.mark.parametrize("free, disk_full", [(4096, True), (10**12, False)])
+def test_a_short_write_is_disk_full_only_when_the_disk_is(tmp_path, monkeypatch, free, disk_full):
+    target = tmp_path / "maps.npy"
+    written: list = []
+    monkeypatch.setattr(io.np, "save", _short_write(written))
+    monkeypatch.setattr(io.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - free, free))
+    with pytest.raises((OSError, DiskFullError)) as info:
+        io.save_npy(target, np.zeros(1000))
+    monkeypatch.undo()
+    assert written and isinstance(info.value, DiskFullError) == disk_full
+    assert (str(target) in str(info.value)) if disk_full else "requested and 100 written" in str(info.value)
+    assert not target.exists() and _temporaries(tmp_path) == []
+
+
 def test_enospc_from_fsync(tmp_path, monkeypatch):
     # the data may only hit the disk at fsync; a full disk there is reported the same way
     target = tmp_path / "late.txt"
@@ -285,3 +312,60 @@ def test_load_torch_round_trip_and_clear_errors(tmp_path):
     (tmp_path / "cut.pt").write_bytes((tmp_path / "model.pt").read_bytes()[:40])  # a truncated write
     with pytest.raises(DataError, match="cut.pt: not a readable torch file"):
         io.load_torch(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize("kind", ["npy", "npy-mmap", "npz"])
+def test_load_arrays_round_trip_and_clear_errors(tmp_path, kind):
+    from anomem.errors import DataError
+
+    arrays = {"a": np.arange(5000), "b": np.ones((3, 2))}
+    if kind == "npz":
+        path = tmp_path / "split.npz"
+        io.save_npz(path, **arrays)
+        load = lambda p: io.load_npz(p, "`dvc repro prepare_data`")  # noqa: E731
+        loaded = load(path)
+        assert loaded.keys() == arrays.keys() and all(np.array_equal(loaded[k], arrays[k]) for k in arrays)
+    else:
+        path = tmp_path / "maps.npy"
+        io.save_npy(path, arrays["a"])
+        load = lambda p: io.load_npy(p, "`dvc repro prepare_data`", mmap=kind == "npy-mmap")  # noqa: E731
+        assert np.array_equal(load(path), arrays["a"])
+    with pytest.raises(DataError, match=r"absent\.\w+: missing; run `dvc repro prepare_data` first"):
+        load(tmp_path / f"absent{path.suffix}")
+    cut = tmp_path / f"cut{path.suffix}"
+    cut.write_bytes(path.read_bytes()[:300])  # a truncated write
+    with pytest.raises(DataError, match=r"cut\.\w+: not a readable numpy file .*re-run `dvc repro prepare_data`"):
+        load(cut)
+
+
+def _can_mount_a_tmpfs() -> bool:
+    try:
+        return subprocess.run(["unshare", "-rm", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_mount_a_tmpfs(), reason="needs unprivileged user and mount namespaces (unshare -rm)")
+def test_a_real_full_disk_is_disk_full_for_every_writer(tmp_path):
+    """On a 1 MB tmpfs: numpy's short write (no errno) and torch's zip writer end as DiskFullError too, leaving nothing."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = f"""
+import os, numpy as np, torch
+from anomem import io
+from anomem.errors import DiskFullError
+writers = {{"maps.npy": lambda p: io.save_npy(p, np.zeros(500_000)), "model.pt": lambda p: io.save_torch(p, {{"w": torch.zeros(500_000)}}),
+           "split.npz": lambda p: io.save_npz(p, a=np.zeros(500_000))}}
+for name, write in writers.items():
+    try:
+        write("{disk}/" + name)
+    except DiskFullError as err:
+        print("disk full:", name, err)
+print("left:", os.listdir("{disk}"))
+"""
+    mounted = f"mount -t tmpfs -o size=1m tmpfs {disk} && exec {sys.executable} -c '{script}'"
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", mounted], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("maps.npy", "model.pt", "split.npz"):
+        assert f"disk full: {name} disk full while writing {disk}/{name}" in result.stdout, result.stdout
+    assert "left: []" in result.stdout

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from anomem.errors import ParamsError
-from anomem.params import ARCH_STAGES, DATASETS, DataParams, Params, flatten, load_params, pair_id, parse_params
+from anomem.params import ARCH_STAGES, DATASETS, DataParams, Params, flatten, load_params, pair_id, parse_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PARAM_FILES = sorted((REPO / "profiles").glob("*.yaml")) + [REPO / "params.yaml"]
@@ -220,6 +220,13 @@ def test_unknown_dataset_classes_checked_against_its_names():
     assert "experiment.classes" in msg and "0..2" in msg and "0=a, 1=b, 2=c" in msg
 
 
+def test_known_outlier_classes_only_count_where_the_unbalanced_setting_runs():
+    three = {"dataset": "mine", "class_names": ["a", "b", "c"]}  # the default n_known_outlier_classes is 9
+    assert parse_params({"data": three, "experiment": {"classes": [0, 1], "settings": ["one_class"]}}).data.n_known_outlier_classes == 9
+    msg = _error({"data": three, "experiment": {"classes": [0, 1], "settings": ["one_class", "unbalanced"]}})
+    assert "data.n_known_outlier_classes = 9" in msg and "only 2 classes besides the normal one" in msg
+
+
 def test_repeated_class_name():
     msg = _error({"data": {"dataset": "mine", "class_names": ["a", "b", "a"]}})
     assert "repeated" in msg
@@ -293,6 +300,15 @@ def test_load_params_accepts_edited_copy_of_params_yaml(tmp_path):
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(raw))
     assert load_params(f).memory.size == 7
+
+
+@pytest.mark.parametrize("text, value", [("5e-05", 5e-05), ("1e-06", 1e-06), ("1e-3", 1e-3), ("2.5E-4", 2.5e-4), ("0.0005", 5e-4)])
+def test_exponent_floats_as_dvc_exp_run_writes_them_are_floats(tmp_path, text, value):
+    """`dvc exp run -S train.lr=0.00005` writes `lr: 5e-05`, which YAML 1.1 (PyYAML) would read as a string."""
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text().replace("  lr: 0.4\n", f"  lr: {text}\n", 1))
+    assert load_params(f).train.lr == value
+    assert read_yaml(f"lr: '{text}'") == {"lr": text}, "a quoted value stays a string"
 
 
 # ---- flatten and pair_id --------------------------------------------------------------------------

@@ -114,57 +114,131 @@ def test_same_params_and_seed_give_byte_identical_metrics(finished_repo, tmp_pat
             assert np.array_equal(a[key], b[key]), key
 
 
-def test_killed_training_resumes_to_the_same_result(finished_repo, tmp_path, tiny_data):
+def checkpoints(root: Path) -> list[Path]:
+    return sorted((root / f"data/resume/{PAIR_ID}").glob("*.pt"))
+
+
+def own_checkpoint(root: Path) -> Path:
+    """Where the training of PAIR with root's params.yaml keeps its resume point."""
+    from anomem.params import load_params
+
+    split = dict(np.load(root / f"data/prepared/splits/{PAIR[0]}-{PAIR[1]}.npz"))
+    fp = _load_stage("train_contrastive_memory").fingerprint(load_params(root / "params.yaml"), int(PAIR[2]), split)
+    return root / f"data/resume/{PAIR_ID}/{fp[:16]}.pt"
+
+
+def temp_workspace(root: Path, name: str) -> Path:
+    """What `dvc exp run --temp/--queue` runs in: a copy of the project under .dvc/tmp/exps, deleted when the run ends."""
+    workspace = root / ".dvc/tmp/exps" / name
+    (workspace / "data").mkdir(parents=True)
+    shutil.copy(root / "params.yaml", workspace / "params.yaml")
+    shutil.copytree(root / "profiles", workspace / "profiles")
+    (workspace / "data/prepared").symlink_to(root / "data/prepared")
+    return workspace
+
+
+def test_killed_training_in_a_dvc_temp_workspace_resumes_in_the_next_one(finished_repo, tmp_path, tiny_data):
+    """The checkpoint outlives the temp workspace (DVC deletes it, even after a failure), and resuming gives the same model."""
     reference, _ = finished_repo
     root, env = make_repo(tmp_path / "killed", tiny_data)
     ok(stage("prepare_data", root, env, pair=False))
-    checkpoint = root / f"data/resume/{PAIR_ID}/last.pt"
+    first = temp_workspace(root, "tmp-first")
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "stages/train_contrastive_memory.py"), "--cls", PAIR[0], "--setting", PAIR[1], "--seed", PAIR[2]],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=first, env={**env, "DVC_ROOT": str(first)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 300
-    while not checkpoint.exists() or torch.load(checkpoint, weights_only=False)["epoch"] < 2:
+    while not checkpoints(root) or torch.load(checkpoints(root)[0], weights_only=False)["epoch"] < 2:
         assert proc.poll() is None, "training ended before it could be killed: raise TINY['train']['epochs']"
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (root / f"data/models/{PAIR_ID}/model.pt").exists(), "killed before the end: no final model may exist"
+    assert not (first / f"data/models/{PAIR_ID}/model.pt").exists(), "killed before the end: no final model may exist"
+    assert not (first / "data/resume").exists(), "the checkpoint belongs under the project root, not the temp workspace"
+    checkpoint = checkpoints(root)[0]
+    assert checkpoint == own_checkpoint(root)
     killed_at = torch.load(checkpoint, weights_only=False)["epoch"]
+    shutil.rmtree(first)
 
-    resumed = ok(stage("train_contrastive_memory", root, env))
+    second = temp_workspace(root, "tmp-second")
+    resumed = ok(stage("train_contrastive_memory", second, {**env, "DVC_ROOT": str(second)}))
     assert f"resuming {PAIR_ID}" in resumed.stdout
-    assert not checkpoint.exists(), "a finished run drops its checkpoint"
-    history = yaml.safe_load((root / f"data/models/{PAIR_ID}/history.json").read_text())["history"]
+    assert not checkpoints(root), "a finished run drops its checkpoint"
+    history = yaml.safe_load((second / f"data/models/{PAIR_ID}/history.json").read_text())["history"]
     expected = yaml.safe_load((reference / f"data/models/{PAIR_ID}/history.json").read_text())["history"]
     assert len(history) == len(expected) == TINY["train"]["epochs"] and killed_at < len(history) - 1
     assert [h["loss"] for h in history] == [h["loss"] for h in expected]
-    got = torch.load(root / f"data/models/{PAIR_ID}/model.pt", weights_only=False)["model"]
+    got = torch.load(second / f"data/models/{PAIR_ID}/model.pt", weights_only=False)["model"]
     want = torch.load(reference / f"data/models/{PAIR_ID}/model.pt", weights_only=False)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want)
 
 
-def test_a_checkpoint_from_other_params_is_not_resumed(finished_repo, tmp_path, tiny_data):
+def test_a_checkpoint_from_other_params_is_neither_resumed_nor_touched(finished_repo, tmp_path, tiny_data):
     root, env = make_repo(tmp_path / "other", tiny_data, {"train": {**TINY["train"], "epochs": 2}})
     ok(stage("prepare_data", root, env, pair=False))
-    checkpoint = root / f"data/resume/{PAIR_ID}/last.pt"
-    checkpoint.parent.mkdir(parents=True)
-    torch.save({"fingerprint": "made-with-other-params", "epoch": 0}, checkpoint)
+    other = root / f"data/resume/{PAIR_ID}/0123456789abcdef.pt"  # a queued experiment's, say
+    other.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "made-with-other-params", "epoch": 0}, other)
+    stale = other.parent / f".tmp-{own_checkpoint(root).name}.x1y2"  # this run's save, cut short by a kill
+    stale.write_bytes(b"half")
     result = ok(stage("train_contrastive_memory", root, env))
-    assert "ignoring" in result.stdout and "resuming" not in result.stdout
+    assert "ignoring 0123456789abcdef.pt" in result.stdout and "resuming" not in result.stdout
+    assert checkpoints(root) == [other], "another run's checkpoint stays; this run's is dropped when it finishes"
+    assert not stale.exists()
+
+
+def test_unrelated_train_params_keep_a_checkpoint_usable(finished_repo):
+    root, _ = finished_repo
+    from anomem.params import load_params
+
+    fingerprint = _load_stage("train_contrastive_memory").fingerprint
+    params = load_params(root / "params.yaml")
+    split = dict(np.load(root / f"data/prepared/splits/{PAIR[0]}-{PAIR[1]}.npz"))
+
+    def with_train(**changes):
+        return fingerprint(params.model_copy(update={"train": params.train.model_copy(update=changes)}), 0, split)
+
+    same = fingerprint(params, 0, split)
+    assert with_train(eval_batch_size=7, checkpoint_every_epochs=3) == same
+    assert with_train(lr=0.2) != same and with_train(epochs=13) != same and fingerprint(params, 1, split) != same
 
 
 def test_an_unreadable_checkpoint_is_ignored_and_training_starts_fresh(finished_repo, tmp_path, tiny_data):
     root, env = make_repo(tmp_path / "corrupt", tiny_data, {"train": {**TINY["train"], "epochs": 2}})
     ok(stage("prepare_data", root, env, pair=False))
-    checkpoint = root / f"data/resume/{PAIR_ID}/last.pt"
+    checkpoint = own_checkpoint(root)
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"PK\x03\x04 cut short by a crash")
     result = ok(stage("train_contrastive_memory", root, env))
-    assert f"ignoring {checkpoint.relative_to(root)}: " in result.stdout
+    assert f"ignoring {checkpoint}: " in result.stdout
     assert "not a readable torch file" in result.stdout and "resuming" not in result.stdout
     assert (root / f"data/models/{PAIR_ID}/model.pt").exists() and not checkpoint.exists()
+
+
+@pytest.mark.parametrize(
+    "damage, made_by",
+    [
+        ("data/prepared/splits/0-one_class.npz", "prepare_data"),
+        (f"data/deviation/{PAIR_ID}/test_s2.npy", f"extract_deviation_maps@{PAIR_ID}"),
+    ],
+)
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_damaged_input_file_is_a_clear_error_naming_it(finished_repo, tmp_path, damage, made_by, how):
+    root, env = finished_repo
+    copy = tmp_path / "copy"
+    shutil.copytree(root / "data/prepared", copy / "data/prepared")
+    shutil.copytree(root / f"data/deviation/{PAIR_ID}", copy / f"data/deviation/{PAIR_ID}")
+    shutil.copy(root / "params.yaml", copy / "params.yaml")
+    target = copy / damage
+    if how == "missing":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:200])
+    result = stage("train_detector", copy, {**env, "DVC_ROOT": str(copy)})
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert damage in result.stderr and made_by in result.stderr
+    assert ("missing" if how == "missing" else "not a readable numpy file") in result.stderr
 
 
 def _load_stage(name: str):

@@ -11,7 +11,7 @@ import torch
 from anomem import tracking
 from anomem.errors import TrackingError
 from anomem.params import Params, parse_params
-from anomem.runtime import git_commit
+from anomem.runtime import git_commit, project_root
 
 
 @pytest.fixture(autouse=True)
@@ -36,11 +36,11 @@ def _isolated_env(monkeypatch, tmp_path):
 )
 def test_project_root_from_dvc_root(monkeypatch, dvc_root, expected):
     monkeypatch.setenv("DVC_ROOT", dvc_root)
-    assert tracking.project_root() == Path(expected)
+    assert project_root() == Path(expected)
 
 
 def test_project_root_without_dvc_root_is_cwd(tmp_path):
-    assert tracking.project_root() == tmp_path.resolve()
+    assert project_root() == tmp_path.resolve()
 
 
 def test_tracking_uri_override(monkeypatch):

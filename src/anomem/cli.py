@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
 from anomem.errors import ParamsError, run_cli
+from anomem.io import read_json, write_json, write_text
 from anomem.params import load_params
 
 # The repo's profiles/ (an editable install), else ./profiles.
@@ -29,14 +29,13 @@ def _profile(args: argparse.Namespace) -> int:
         names = sorted(p.stem for p in PROFILES.glob("*.yaml"))
         raise ParamsError(f"no profile {args.name!r}; choose one of {names}")
     load_params(source)  # never install a profile that does not validate
-    shutil.copyfile(source, args.params)
+    write_text(args.params, source.read_text())  # atomic: a kill or full disk keeps the old params.yaml
     print(f"{args.params} <- {source}")
     return 0
 
 
 def _gate(args: argparse.Namespace) -> int:
     from anomem.gate import compare, derive_tolerances, format_table
-    from anomem.io import read_json, write_json
 
     baseline_dir = Path(args.baseline)
     if args.derive:

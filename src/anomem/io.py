@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 from anomem.errors import DataError, DiskFullError
 
 _TMP_PREFIX = ".tmp-"
+_NEARLY_FULL = 1 << 20  # bytes
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -40,9 +43,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
+        # numpy's short write raises OSError without an errno ("N requested and M written"): a full disk
+        # shows as no space left while the partial temporary still holds it.
+        free = shutil.disk_usage(path.parent).free
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            free = shutil.disk_usage(path.parent).free
+        if exc.errno in _DISK_FULL or (exc.errno is None and free < _NEARLY_FULL):
             raise DiskFullError(f"disk full while writing {path} ({free / 1e6:.0f} MB free); free space and re-run") from None
         raise
     except BaseException:
@@ -73,8 +78,11 @@ def save_npy(path: str | Path, array: np.ndarray) -> None:
 def save_torch(path: str | Path, obj: Any) -> None:
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Serialised in memory first: torch's zip writer turns a full disk into an opaque RuntimeError.
+    buffer = BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_torch(path: str | Path) -> Any:
@@ -90,6 +98,31 @@ def load_torch(path: str | Path) -> Any:
         raise DataError(
             f"{path}: not a readable torch file ({type(exc).__name__}: {exc}); delete it and re-run the stage that writes it"
         ) from None
+
+
+def load_npy(path: str | Path, made_by: str = "the stage that writes it", mmap: bool = False) -> np.ndarray:
+    """What save_npy wrote (memory-mapped with `mmap`); a missing or unreadable file is a DataError that names it."""
+    return _load_array(path, made_by, lambda p: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False))
+
+
+def load_npz(path: str | Path, made_by: str = "the stage that writes it") -> dict[str, np.ndarray]:
+    """Every array of what save_npz wrote, read in full; a missing or unreadable file is a DataError that names it."""
+
+    def read(p: Path) -> dict[str, np.ndarray]:
+        with np.load(p, allow_pickle=False) as archive:
+            return {k: archive[k] for k in archive.files}
+
+    return _load_array(path, made_by, read)
+
+
+def _load_array(path: str | Path, made_by: str, read):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run {made_by} first")
+    try:
+        return read(path)
+    except Exception as exc:  # numpy raises several types for a truncated or foreign file
+        raise DataError(f"{path}: not a readable numpy file ({type(exc).__name__}: {exc}); re-run {made_by}") from None
 
 
 def save_figure(path: str | Path, fig) -> None:
@@ -115,9 +148,9 @@ def require_free_space(folder: str | Path, needed_bytes: int, what: str) -> None
         raise DiskFullError(f"not enough disk for {what} in {folder}: need about {needed_bytes / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
 
 
-def remove_stale_temporaries(folder: str | Path) -> None:
-    """Delete temporaries left by a killed run, so nothing can mistake them for outputs."""
+def remove_stale_temporaries(folder: str | Path, name: str = "") -> None:
+    """Delete temporaries left by a killed run (of the file `name` only, if given), so nothing can mistake them for outputs."""
     folder = Path(folder)
     if folder.is_dir():
-        for tmp in folder.rglob(_TMP_PREFIX + "*"):
+        for tmp in folder.rglob(_TMP_PREFIX + name + "*"):
             tmp.unlink(missing_ok=True)

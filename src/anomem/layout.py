@@ -8,6 +8,8 @@ PREPARED = Path("data/prepared")
 RAW = Path("data/raw")
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
+# What writes data/prepared, for errors about a missing file there.
+PREPARED_BY = "`dvc repro prepare_data` (it writes the splits of experiment.classes x experiment.settings)"
 
 
 def images_file(split: str) -> Path:

@@ -58,7 +58,7 @@ class HopfieldMemory(nn.Module):
         """The read-out map, same shape as fmap: `attention(fmap) @ items`, fused.
 
         scaled_dot_product_attention keeps the (B*H*W, N) attention out of autograd's saved tensors. On the
-        CPU it is no faster than softmax then matmul in a warm process (reports/benchmarks.md, "Memory read").
+        CPU its speed against softmax then matmul varies by run and scale (reports/benchmarks.md, "Memory read").
         """
         b, c, h, w = fmap.shape
         z, m = self._query_key(fmap)

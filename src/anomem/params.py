@@ -10,6 +10,7 @@ ranges, allowed values and combinations that make no sense.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -283,10 +284,10 @@ class Params(_Group):
         if bad:
             names = ", ".join(f"{i}={name}" for i, name in enumerate(self.data.names))
             raise ValueError(f"experiment.classes = {bad}: {self.data.dataset} has class indices 0..{n - 1} ({names})")
-        if self.data.n_known_outlier_classes > n - 1:
+        if "unbalanced" in self.experiment.settings and self.data.n_known_outlier_classes > n - 1:  # one_class draws none
             raise ValueError(
                 f"data.n_known_outlier_classes = {self.data.n_known_outlier_classes}: "
-                f"{self.data.dataset} has only {n - 1} classes besides the normal one"
+                f"{self.data.dataset} has only {n - 1} classes besides the normal one to draw the unbalanced setting's known anomalies from"
             )
         if self.contrastive.rotation_weight == 0 and self.detector.combine == ["rotation"]:
             raise ValueError("detector.combine = [rotation] sums nothing: contrastive.rotation_weight = 0 trains no rotation head")
@@ -341,12 +342,32 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError("invalid params:\n  " + "\n  ".join(lines)) from None
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus the exponent floats YAML 1.2 allows (1e-3, 5e-05).
+
+    `dvc exp run -S train.lr=0.00005` writes `5e-05` into params.yaml, and DVC reads it as a float; plain
+    PyYAML would read a string and the float check would then fail on a value the user never typed.
+    """
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML the way DVC does for params: exponent floats are floats."""
+    return yaml.load(text, Loader=_YamlLoader)  # a SafeLoader: plain data only
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file (run from the repo root, or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return parse_params(raw, source=str(path))

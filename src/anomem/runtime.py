@@ -79,6 +79,16 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def project_root() -> Path:
+    """The repository root, also from inside a DVC temp experiment workspace."""
+    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+    parts = root.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
 def git_commit(cwd: str | Path = ".") -> str:
     try:
         rev = subprocess.run(

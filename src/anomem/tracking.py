@@ -27,23 +27,13 @@ from typing import Any
 
 from anomem.errors import TrackingError
 from anomem.params import Params, flatten
-from anomem.runtime import environment, git_commit
+from anomem.runtime import environment, git_commit, project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 # MLflow's own HTTP retries last minutes by default; ours are short and say what failed.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
-
-
-def project_root() -> Path:
-    """The repository root, also from inside a DVC temp experiment workspace."""
-    root = Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
-    parts = root.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
 
 
 def tracking_uri() -> str:
