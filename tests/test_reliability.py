@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from anomem.errors import DiskFullError
+from anomem.params import load_params
 from conftest import REPO, cifar10_dir
 
 PAIR = ("0", "one_class", "0")
@@ -120,8 +121,6 @@ def checkpoints(root: Path) -> list[Path]:
 
 def own_checkpoint(root: Path) -> Path:
     """Where the training of PAIR with root's params.yaml keeps its resume point."""
-    from anomem.params import load_params
-
     split = dict(np.load(root / f"data/prepared/splits/{PAIR[0]}-{PAIR[1]}.npz"))
     fp = _load_stage("train_contrastive_memory").fingerprint(load_params(root / "params.yaml"), int(PAIR[2]), split)
     return root / f"data/resume/{PAIR_ID}/{fp[:16]}.pt"
@@ -190,8 +189,6 @@ def test_a_checkpoint_from_other_params_is_neither_resumed_nor_touched(finished_
 
 def test_unrelated_train_params_keep_a_checkpoint_usable(finished_repo):
     root, _ = finished_repo
-    from anomem.params import load_params
-
     fingerprint = _load_stage("train_contrastive_memory").fingerprint
     params = load_params(root / "params.yaml")
     split = dict(np.load(root / f"data/prepared/splits/{PAIR[0]}-{PAIR[1]}.npz"))
