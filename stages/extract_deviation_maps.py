@@ -11,11 +11,10 @@ from anomem import io, layout
 from anomem.data import quarter_turned, require_square_for_turns
 from anomem.deviation import map_bytes
 from anomem.errors import run_cli
-from anomem.model import AnoMemNet
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
-from anomem.views import extract, recompute_bn_statistics, scoring_views
+from anomem.views import extract_split, frozen_network
 
 SPLITS = ("train_normal", "val_normal", "train_known", "val_known", "test")
 SHIFTED = {
@@ -23,18 +22,17 @@ SHIFTED = {
     "val_shifted": "val_normal",
 }  # turned copies of these normal splits
 SCORED = ("val_normal", "val_known", "test")  # the splits the reference scores are needed on
-KNN_BANK = "train_normal"
 
 
 def main() -> None:
     stage = pair_stage(__doc__)
     args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
 
-    net = AnoMemNet.from_params(params)
-    net.load_state_dict(io.load_torch(layout.model_dir(pair) / "model.pt")["model"])
     split = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)
     images = {name: io.load_npy(layout.images_file(name), layout.PREPARED_BY, mmap=True) for name in ("train", "test")}
     require_square_for_turns(images["train"].shape[1:3], params, [args.setting])
+    saved = io.load_torch(layout.model_dir(pair) / "model.pt", f"`dvc repro train_contrastive_memory@{pair}`")
+    net = frozen_network(params, saved, images["train"][split["train_normal"]], runtime)
     out = layout.deviation_dir(pair)
     total = sum(split[s].size for s in SPLITS) + (
         sum(split[s].size for s in SHIFTED.values()) if uses_shifted_negatives(params, args.setting) else 0
@@ -48,31 +46,15 @@ def main() -> None:
         sources = {name: images["test" if name == "test" else "train"][split[name]] for name in SPLITS}
         if uses_shifted_negatives(params, args.setting):
             sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
-        views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
-        if params.detector.bn_recompute:
-            turned = params.detector.knn_turns or net.rotation_head is not None
-            recompute_bn_statistics(net, sources["train_normal"], runtime, params.train.eval_batch_size, turns=turned)
         for name, batch in sources.items():
-            rotating = net.rotation_head is not None and name in SCORED
-            got = extract(
-                net,
-                batch,
-                runtime,
-                params.train.eval_batch_size,
-                views=views if name in (KNN_BANK, *SCORED) else [],
-                rotation=rotating,
-                maps=True,
-                desc=name,
-                map_dtype=params.detector.map_dtype,
-                knn_scales=tuple(params.detector.knn_scales),
-            )
+            got = extract_split(net, batch, params, runtime, desc=name, scored=name in SCORED, bank=name == layout.KNN_BANK)
             for s, m in got.maps.items():
                 io.save_npy(out / f"{name}_s{s}.npy", m)
                 if m.shape[0]:
                     energy[f"{name}_s{s}_mean_energy"] = float((m[:2000].astype(np.float32) ** 2).sum(1).mean())
             if got.pooled is not None:
                 io.save_npy(out / f"{name}_pooled.npy", got.pooled)
-            if rotating:
+            if got.rotation is not None:
                 io.save_npy(out / f"{name}_rotation.npy", got.rotation)
         seconds = time.perf_counter() - began
         run.log_metrics({**energy, "seconds": seconds, "bytes": needed, "images": total})

@@ -28,7 +28,8 @@ NOT_IN_FINGERPRINT = ("eval_batch_size", "checkpoint_every_epochs")
 
 def fingerprint(params, seed: int, split: dict) -> str:
     """What a checkpoint must match to be resumed: the stage's params, the seed and the split."""
-    relevant = {k: params.to_dict()[k] for k in ("model", "memory", "contrastive", "train")}
+    everything = params.to_dict()
+    relevant = {k: everything[k] for k in ("model", "memory", "contrastive", "train")}
     relevant["train"] = {k: v for k, v in relevant["train"].items() if k not in NOT_IN_FINGERPRINT}
     h = hashlib.sha256(json.dumps({"params": relevant, "seed": seed}, sort_keys=True).encode())
     h.update(np.ascontiguousarray(split["train_normal"]).tobytes())
@@ -47,8 +48,8 @@ def main() -> None:
     known = torch.from_numpy(np.ascontiguousarray(train_images[split["train_known"]])) if split["train_known"].size else None
 
     fp = fingerprint(params, args.seed, split)
-    resume_dir = project_root() / layout.resume_dir(pair)
-    checkpoint = resume_dir / f"{fp[:16]}.pt"
+    checkpoint = project_root() / layout.resume_checkpoint(pair, fp)
+    resume_dir = checkpoint.parent
     io.remove_stale_temporaries(resume_dir, checkpoint.name)  # a save cut short by a kill; not another run's
     others = sorted(p.name for p in resume_dir.glob("*.pt") if p != checkpoint)
     if others:

@@ -6,10 +6,9 @@ import numpy as np
 
 from anomem import io, layout
 from anomem.detector import AnomalyDistanceDetector
-from anomem.deviation import deviation_score, fit_scale_weights
-from anomem.ensemble import combined_score, pick_parts
+from anomem.deviation import energy_maps, fit_scale_weights
+from anomem.ensemble import combined_score, pick_parts, split_scorers
 from anomem.errors import run_cli
-from anomem.knn import knn_score
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
@@ -32,7 +31,7 @@ def main() -> None:
     made_by = f"`dvc repro extract_deviation_maps@{pair}`"
     maps = {name: load_maps(folder, name, scales, made_by) for name in names}
     scored = ("val_normal", "val_known", "test")
-    pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in ("train_normal", *scored)}
+    pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in (layout.KNN_BANK, *scored)}
     rotation = (
         {name: io.load_npy(folder / f"{name}_rotation.npy", made_by) for name in scored} if params.contrastive.rotation_weight > 0 else None
     )
@@ -57,12 +56,7 @@ def main() -> None:
             on_epoch=lambda log: run.log_metrics(log, step=log["epoch"]),
         )
         weights = fit_scale_weights(maps["train_normal"], params.detector.scale_weights)
-        scorers = {
-            "detector": lambda split: detector.decision_function(maps[split]),
-            "deviation": lambda split: deviation_score(maps[split], weights),
-            "knn": lambda split: knn_score(pooled["train_normal"], pooled[split], params.detector.knn_k),
-            **({"rotation": lambda split: rotation[split]} if rotation is not None else {}),
-        }
+        scorers = split_scorers(detector, weights, maps, pooled, rotation, params.detector.knn_k)
         scores = {k: score("test") for k, score in scorers.items()}
         parts = tuple(k for k in params.detector.combine if k in scorers)
         # The headline is standardised (and, unbalanced, picked) on validation: only its parts are scored there,
@@ -75,7 +69,7 @@ def main() -> None:
         run.set_tags({"combined_parts": "+".join(parts)})
         scores["combined"] = combined_score({k: (scores[k], val_normal[k]) for k in parts})
         top = np.argsort(-scores["detector"], kind="stable")[:TOP_K]
-        heat = {f"heat_s{s}": (maps["test"][s][top].astype(np.float32) ** 2).sum(1) for s in scales}
+        heat = {f"heat_s{s}": e for s, e in energy_maps({s: maps["test"][s][top] for s in scales}).items()}
         io.save_npz(
             out / "scores.npz",
             labels=test_labels, top_index=top, val_normal_detector=val_normal["detector"], combined_parts=np.array(parts),

@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+from anomem import layout
 from anomem.errors import DiskFullError
 from anomem.params import load_params
 from conftest import REPO, cifar10_dir
@@ -123,7 +124,7 @@ def own_checkpoint(root: Path) -> Path:
     """Where the training of PAIR with root's params.yaml keeps its resume point."""
     split = dict(np.load(root / f"data/prepared/splits/{PAIR[0]}-{PAIR[1]}.npz"))
     fp = _load_stage("train_contrastive_memory").fingerprint(load_params(root / "params.yaml"), int(PAIR[2]), split)
-    return root / f"data/resume/{PAIR_ID}/{fp[:16]}.pt"
+    return root / layout.resume_checkpoint(PAIR_ID, fp)
 
 
 def temp_workspace(root: Path, name: str) -> Path:

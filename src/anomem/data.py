@@ -37,22 +37,28 @@ def _check_image_shape(images, file: Path) -> None:
         raise DataError(f"{file}: 'images' must have shape {allowed}, got {images.shape}{hint}")
 
 
-def _check_arrays(images, labels, file: Path, num_classes: int) -> ImageSet:
-    """Checked arrays; grayscale images become RGB by repeating their one channel."""
+def as_rgb_images(images, file: Path) -> np.ndarray:
+    """Checked uint8 NHWC images; grayscale ones become RGB by repeating their one channel."""
     _check_image_shape(images, file)
     if images.dtype != np.uint8:
         raise DataError(f"{file}: 'images' must be uint8 (0..255), got {images.dtype}")
-    source_channels = 1 if images.ndim == 3 else images.shape[3]
-    if source_channels == 1:
+    if images.ndim == 3 or images.shape[3] == 1:
         images = np.repeat(images.reshape(*images.shape[:3], 1), 3, axis=3)
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise DataError(f"{file}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
+    return images
+
+
+def _check_arrays(images, labels, file: Path, num_classes: int) -> ImageSet:
+    """Checked arrays; grayscale images become RGB by repeating their one channel."""
+    rgb = as_rgb_images(images, file)
+    source_channels = 1 if images.ndim == 3 else images.shape[3]
+    if labels.ndim != 1 or labels.shape[0] != rgb.shape[0]:
+        raise DataError(f"{file}: 'labels' must have shape ({rgb.shape[0]},), got {labels.shape}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{file}: 'labels' must be integers, got {labels.dtype}")
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = labels[(labels < 0) | (labels >= num_classes)]
         raise DataError(f"{file}: labels must lie in 0..{num_classes - 1}; found {np.unique(bad)[:5].tolist()}")
-    return ImageSet(np.ascontiguousarray(images), labels.astype(np.int64), source_channels)
+    return ImageSet(np.ascontiguousarray(rgb), labels.astype(np.int64), source_channels)
 
 
 def read_npz(file: Path, num_classes: int) -> ImageSet:

@@ -19,6 +19,11 @@ def map_bytes(net: AnoMemNet, image_hw: tuple[int, int], n_images: int, map_dtyp
     return np.dtype(map_dtype).itemsize * per_image * n_images
 
 
+def energy_maps(maps: Maps) -> dict[int, np.ndarray]:
+    """||D_s||^2 at each location, scale -> (N, H_s, W_s) float32: what the deviation heatmaps show."""
+    return {s: (np.asarray(m).astype(np.float32) ** 2).sum(1) for s, m in maps.items()}
+
+
 def _per_image_energy(maps: Maps, chunk: int = 1024) -> dict[int, np.ndarray]:
     """mean_{h,w} ||D_s||^2 per image and scale, in float64, chunked to bound memory."""
     out = {}

@@ -1,4 +1,5 @@
-"""The headline score `combined`: a sum of scores, each standardised on the normal validation images.
+"""The scores of a pair by name, and the headline `combined`: a sum of them, each standardised on the normal
+validation images.
 
 Which scores go in is `detector.combine`. Where the validation split holds labelled anomalies (the
 unbalanced setting) and `detector.pick_by_validation` is on, only the subset that separates them best
@@ -7,11 +8,40 @@ is summed; one_class has no labelled anomalies to choose with and sums every lis
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from anomem.detector import AnomalyDistanceDetector
+from anomem.deviation import Maps, deviation_score
+from anomem.knn import knn_score
+from anomem.layout import KNN_BANK
+
+
+def split_scorers(
+    detector: AnomalyDistanceDetector,
+    scale_weights: Mapping[int, float],
+    maps: Mapping[str, Maps],
+    pooled: Mapping[str, np.ndarray],
+    rotation: Mapping[str, np.ndarray] | None,
+    knn_k: int,
+) -> dict[str, Callable[[str], np.ndarray]]:
+    """Every score of a split, by name, as a function of the split's name; higher means more anomalous.
+
+    `maps`, `pooled` and `rotation` map a split's name to its deviation maps, kNN features and rotation scores
+    (`views.extract`); `pooled` also holds the kNN bank, `layout.KNN_BANK`. `rotation` is None without a rotation head,
+    and there is then no rotation score. A score is computed only when asked for.
+    """
+    scorers = {
+        "detector": lambda split: detector.decision_function(maps[split]),
+        "deviation": lambda split: deviation_score(maps[split], scale_weights),
+        "knn": lambda split: knn_score(pooled[KNN_BANK], pooled[split], knn_k),
+    }
+    if rotation is not None:
+        scorers["rotation"] = lambda split: rotation[split]
+    return scorers
 
 
 def combined_score(scores: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:

@@ -85,24 +85,16 @@ def save_torch(path: str | Path, obj: Any) -> None:
         f.write(buffer.getbuffer())
 
 
-def load_torch(path: str | Path) -> Any:
+def load_torch(path: str | Path, made_by: str = "the stage that writes it") -> Any:
     """What save_torch wrote, on the CPU; a missing or unreadable file is a DataError that names it."""
     import torch
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the stage that writes it first")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for a truncated or foreign file
-        raise DataError(
-            f"{path}: not a readable torch file ({type(exc).__name__}: {exc}); delete it and re-run the stage that writes it"
-        ) from None
+    return _load(path, made_by, "torch", lambda p: torch.load(p, map_location="cpu", weights_only=False))
 
 
 def load_npy(path: str | Path, made_by: str = "the stage that writes it", mmap: bool = False) -> np.ndarray:
     """What save_npy wrote (memory-mapped with `mmap`); a missing or unreadable file is a DataError that names it."""
-    return _load_array(path, made_by, lambda p: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False))
+    return _load(path, made_by, "numpy", lambda p: np.load(p, mmap_mode="r" if mmap else None, allow_pickle=False))
 
 
 def load_npz(path: str | Path, made_by: str = "the stage that writes it") -> dict[str, np.ndarray]:
@@ -112,17 +104,17 @@ def load_npz(path: str | Path, made_by: str = "the stage that writes it") -> dic
         with np.load(p, allow_pickle=False) as archive:
             return {k: archive[k] for k in archive.files}
 
-    return _load_array(path, made_by, read)
+    return _load(path, made_by, "numpy", read)
 
 
-def _load_array(path: str | Path, made_by: str, read):
+def _load(path: str | Path, made_by: str, kind: str, read):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; run {made_by} first")
     try:
         return read(path)
-    except Exception as exc:  # numpy raises several types for a truncated or foreign file
-        raise DataError(f"{path}: not a readable numpy file ({type(exc).__name__}: {exc}); re-run {made_by}") from None
+    except Exception as exc:  # numpy and torch raise several types for a truncated or foreign file
+        raise DataError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc}); re-run {made_by}") from None
 
 
 def save_figure(path: str | Path, fig) -> None:

@@ -9,6 +9,8 @@ RAW = Path("data/raw")
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
 # What writes data/prepared, for errors about a missing file there.
+# The split whose pooled features the kNN score compares with: extraction writes them, the scores read them.
+KNN_BANK = "train_normal"
 PREPARED_BY = "`dvc repro prepare_data` (it writes the splits of experiment.classes x experiment.settings)"
 
 
@@ -31,6 +33,11 @@ def model_dir(pair: str) -> Path:
 def resume_dir(pair: str) -> Path:
     """Outside every DVC out, so that `dvc repro` after a crash finds the checkpoint."""
     return Path("data/resume") / pair
+
+
+def resume_checkpoint(pair: str, fingerprint: str) -> Path:
+    """One resume point per fingerprint, so runs of the same pair with other params never share one."""
+    return resume_dir(pair) / f"{fingerprint[:16]}.pt"
 
 
 def deviation_dir(pair: str) -> Path:

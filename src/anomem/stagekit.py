@@ -20,11 +20,14 @@ def stage_arguments(description: str | None, pair: bool = True, argv: list[str] 
         parser.add_argument("--seed", type=int, required=True)
     args = parser.parse_args(argv)
     if pair:
-        # A hand-typed --cls 10 fails as clearly as the same value in params.yaml would.
-        params = load_params(args.params)
-        if not 0 <= args.cls < params.data.num_classes:
-            raise ParamsError(f"--cls {args.cls}: {params.data.dataset} has class indices 0..{params.data.num_classes - 1}")
+        require_class_index(load_params(args.params), args.cls)
     return args
+
+
+def require_class_index(params: Params, cls: int) -> None:
+    """A hand-typed --cls 10 fails as clearly as the same value in params.yaml would."""
+    if not 0 <= cls < params.data.num_classes:
+        raise ParamsError(f"--cls {cls}: {params.data.dataset} has class indices 0..{params.data.num_classes - 1}")
 
 
 @dataclass(frozen=True)

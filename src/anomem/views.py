@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from anomem.data import to_float
 from anomem.errors import NumericalError
 from anomem.model import ROTATIONS, AnoMemNet, rotate
+from anomem.params import Params
 from anomem.runtime import Runtime
 
 View = tuple[int, bool]  # (quarter turns, mirrored)
@@ -135,3 +136,34 @@ def extract(
         if scores is not None:
             scores[start:end] = (total / ROTATIONS).cpu().numpy()
     return Extracted(deviation, pooled, scores)
+
+
+def frozen_network(params: Params, saved: dict, train_normal: np.ndarray, runtime: Runtime) -> AnoMemNet:
+    """The stage-1 network of a saved model.pt, as every scoring pass uses it: with `detector.bn_recompute`, its
+    BatchNorm statistics taken anew from the clean normal training images (uint8 NHWC `train_normal`)."""
+    net = AnoMemNet.from_params(params)
+    net.load_state_dict(saved["model"])
+    if params.detector.bn_recompute:
+        turned = params.detector.knn_turns or net.rotation_head is not None
+        recompute_bn_statistics(net, train_normal, runtime, params.train.eval_batch_size, turns=turned)
+    return net
+
+
+def extract_split(
+    net: AnoMemNet, images: np.ndarray, params: Params, runtime: Runtime, desc: str, scored: bool, bank: bool = False
+) -> Extracted:
+    """`extract` with the detector params' settings: the deviation maps always; the kNN views for a `scored` split and
+    for the kNN `bank`; the rotation score for a `scored` split when the network has a rotation head."""
+    d = params.detector
+    return extract(
+        net,
+        images,
+        runtime,
+        params.train.eval_batch_size,
+        views=scoring_views(d.knn_turns, d.knn_mirror) if scored or bank else [],
+        rotation=scored and net.rotation_head is not None,
+        maps=True,
+        desc=desc,
+        map_dtype=d.map_dtype,
+        knn_scales=tuple(d.knn_scales),
+    )

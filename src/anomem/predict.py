@@ -1,0 +1,186 @@
+"""Score new images with one trained pair, as the pipeline scored its test split (`anomem score`).
+
+After `dvc repro`, all that a pair's scores need is on disk: the stage-1 network (data/models/PAIR), the
+detector and its scale weights, and which scores the headline sums (data/scores/PAIR), and the kNN bank
+and the normal validation images' maps, features and rotation scores (data/deviation/PAIR), which
+standardise each part of `combined`. New images take the same passes (`views.extract_split`) and the
+same scorers (`ensemble.split_scorers`) as the test split, so the test images score as in scores.npz.
+"""
+
+from __future__ import annotations
+
+import csv
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+
+from anomem import io, layout
+from anomem.data import as_rgb_images
+from anomem.detector import AnomalyDistanceDetector
+from anomem.ensemble import combined_score, split_scorers
+from anomem.errors import DataError, ParamsError
+from anomem.params import Params, pair_id
+from anomem.runtime import Runtime
+from anomem.views import Extracted, extract_split, frozen_network
+
+FLAG_PERCENTILE = 95.0  # `anomalous` by default: combined above this percentile of the normal validation images' (5 % false alarms there)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+NEW = "new"  # the split name the scored images take beside the stored ones
+
+
+class PairScorer:
+    """One trained (class, setting, seed) pair as a scorer of uint8 NHWC images of its training size.
+
+    `scores(images)` gives every score the pair has and `combined`, the headline; `decision_function(images)`
+    gives `combined` alone. Higher means more anomalous (PyOD's convention). `threshold(percentile)` is the
+    combined score above which an image is flagged: that percentile of it on the normal validation images.
+    """
+
+    def __init__(self, params: Params, cls: int, setting: str, seed: int, runtime: Runtime, root: str | Path = "."):
+        root = Path(root)
+        self.params, self.runtime, self.pair = params, runtime, pair_id(cls, setting, seed)
+        pair = self.pair
+        model_file = root / layout.model_dir(pair) / "model.pt"
+        saved = io.load_torch(model_file, f"`dvc repro train_contrastive_memory@{pair}`")
+        _require_trained_with(params, saved, model_file)
+        train_images = io.load_npy(root / layout.images_file("train"), layout.PREPARED_BY, mmap=True)
+        self.image_shape = tuple(train_images.shape[1:])
+        split = io.load_npz(root / layout.split_file(cls, setting), layout.PREPARED_BY)
+        self.net = frozen_network(params, saved, train_images[split["train_normal"]], runtime)
+
+        scored_by = f"`dvc repro train_detector@{pair}`"
+        state = io.load_torch(root / layout.scores_dir(pair) / "detector.pt", scored_by)
+        self.detector = AnomalyDistanceDetector(params.detector, runtime.device, seed=seed, progress=False).load_state_dict(state)
+        self.scale_weights = state["scale_weights"]
+        self.parts = tuple(str(p) for p in io.load_npz(root / layout.scores_dir(pair) / "scores.npz", scored_by)["combined_parts"])
+
+        folder, made_by = root / layout.deviation_dir(pair), f"`dvc repro extract_deviation_maps@{pair}`"
+        self._maps = {"val_normal": {s: io.load_npy(folder / f"val_normal_s{s}.npy", made_by) for s in params.memory.scales}}
+        self._pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in (layout.KNN_BANK, "val_normal")}
+        self._rotation = (
+            {"val_normal": io.load_npy(folder / "val_normal_rotation.npy", made_by)} if self.net.rotation_head is not None else None
+        )
+        scorers = split_scorers(self.detector, self.scale_weights, self._maps, self._pooled, self._rotation, params.detector.knn_k)
+        self._val_normal = {k: scorers[k]("val_normal") for k in self.parts}
+        self.val_normal_combined = combined_score({k: (v, v) for k, v in self._val_normal.items()})
+
+    def threshold(self, percentile: float = FLAG_PERCENTILE) -> float:
+        """The combined score above which an image is flagged: about (100 - percentile) % of normal images are."""
+        return float(np.percentile(self.val_normal_combined, percentile))
+
+    def extract(self, images: np.ndarray, desc: str = "score") -> Extracted:
+        """The passes of `images` through the frozen network: deviation maps, kNN features and rotation scores."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise DataError(
+                f"the images are {_size(images.shape[1:])}, but {self.pair} was trained on {_size(self.image_shape)}; "
+                "resize them to that size (`anomem score --resize`)"
+            )
+        return extract_split(self.net, images, self.params, self.runtime, desc=desc, scored=True)
+
+    def score_extracted(self, got: Extracted) -> dict[str, np.ndarray]:
+        """Every score of the pair for what `extract` gave, and `combined`; each (N,) float64."""
+        scorers = split_scorers(
+            self.detector,
+            self.scale_weights,
+            {**self._maps, NEW: got.maps},
+            {**self._pooled, NEW: got.pooled},
+            None if self._rotation is None else {**self._rotation, NEW: got.rotation},
+            self.params.detector.knn_k,
+        )
+        out = {k: score(NEW) for k, score in scorers.items()}
+        out["combined"] = combined_score({k: (out[k], self._val_normal[k]) for k in self.parts})
+        return out
+
+    def scores(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every score of the pair for uint8 NHWC `images`, and `combined`; each (N,) float64."""
+        return self.score_extracted(self.extract(images))
+
+    def decision_function(self, images: np.ndarray) -> np.ndarray:
+        return self.scores(images)["combined"]
+
+
+def scores_csv(names: list[str], labels: np.ndarray | None, scores: dict[str, np.ndarray], anomalous: np.ndarray) -> str:
+    """One row per image: its name, its label (when given), `combined`, the other scores, and the 0/1 flag."""
+    columns = ["combined", *(k for k in ("detector", "rotation", "knn", "deviation") if k in scores)]
+    table = StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["image", *(["label"] if labels is not None else []), *columns, "anomalous"])
+    for i, name in enumerate(names):
+        label = [int(labels[i])] if labels is not None else []
+        writer.writerow([name, *label, *(repr(float(scores[k][i])) for k in columns), int(anomalous[i])])  # repr: exact floats
+    return table.getvalue()
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[0]}x{shape[1]} pixels"
+
+
+def _require_trained_with(params: Params, saved: dict, model_file: Path) -> None:
+    """A ParamsError when params.yaml's model or memory params are not those the saved network was trained with."""
+    for group in ("model", "memory"):
+        trained, now = saved.get(f"{group}_params") or {}, getattr(params, group).model_dump()
+        differ = [f"{group}.{k}: {trained[k]!r} there, {now.get(k)!r} here" for k in sorted(trained) if trained[k] != now.get(k)]
+        if differ:
+            raise ParamsError(
+                f"{model_file} was trained with other params than these ({'; '.join(differ)}): score with the params "
+                "file it was trained with (--params), or re-run `dvc repro` with these"
+            )
+
+
+def read_images(path: str | Path, resize_to: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """uint8 NHWC RGB images, their names and their labels (or None) from an .npy array, an .npz with an 'images'
+    array (and 'labels', optional), one image file, or a folder of image files (sorted by name).
+
+    With `resize_to` (height, width), every image is resized to it (PIL, bicubic); otherwise they keep their size.
+    """
+    path = Path(path)
+    labels = None
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no image files here ({', '.join(IMAGE_SUFFIXES)})")
+        return _stack([_read_image_file(f, resize_to) for f in files], path), [f.name for f in files], None
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return _stack([_read_image_file(path, resize_to)], path), [path.name], None
+    if not path.exists():
+        raise DataError(f"{path}: missing")
+    if path.suffix == ".npy":
+        images = io.load_npy(path, "what wrote it")
+    elif path.suffix == ".npz":
+        archive = io.load_npz(path, "what wrote it")
+        if "images" not in archive:
+            raise DataError(f"{path}: lacks an array 'images'; has {sorted(archive)}")
+        images, labels = archive["images"], archive.get("labels")
+    else:
+        raise DataError(f"{path}: not an .npy, .npz, image file or folder of image files")
+    images = as_rgb_images(images, path)
+    if labels is not None and labels.shape != (images.shape[0],):
+        raise DataError(f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
+    if resize_to is not None and tuple(images.shape[1:3]) != tuple(resize_to):
+        images = np.stack([_resized(image, resize_to) for image in images])
+    return images, [str(i) for i in range(images.shape[0])], labels
+
+
+def _read_image_file(file: Path, resize_to: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{file}: not a readable image ({type(exc).__name__}: {exc})") from None
+    return _resized(rgb, resize_to) if resize_to is not None and rgb.shape[:2] != tuple(resize_to) else rgb
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+
+
+def _stack(images: list[np.ndarray], source: Path) -> np.ndarray:
+    sizes = sorted({image.shape[:2] for image in images})
+    if len(sizes) > 1:
+        raise DataError(f"{source}: the images differ in size ({', '.join(_size(s) for s in sizes[:4])}); resize them (--resize)")
+    return np.stack(images)
