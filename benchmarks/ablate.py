@@ -30,10 +30,10 @@ import yaml
 
 from anomem import io, layout
 from anomem.params import flatten, pair_id, parse_params, read_yaml
+from anomem.predict import PAIR_STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
-PAIR_STAGES = ("train_contrastive_memory", "extract_deviation_maps", "train_detector")
 OUTPUT_DIR = {
     "train_contrastive_memory": layout.model_dir,
     "extract_deviation_maps": layout.deviation_dir,

@@ -106,6 +106,27 @@ def test_combined_sums_what_validation_allows(smoke_repo):
     assert "## What `combined` sums" in summary and f"- one_class: {' + '.join(listed)}, every class" in summary
 
 
+def test_score_repeats_the_pipeline_and_refuses_params_dvc_lock_did_not_run(smoke_repo, tmp_path):
+    """`anomem score` on an unbalanced pair (whose `combined` is the validation pick) gives the test split's stored
+    scores; params that differ from what dvc.lock recorded for the pair are refused, naming the key."""
+    root, env, _ = smoke_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    cls = params["experiment"]["classes"][0]
+    split = np.load(root / f"data/prepared/splits/{cls}-unbalanced.npz")
+    np.save(tmp_path / "test.npy", np.load(root / "data/prepared/test_images.npy")[split["test"]])
+    args = [sys.executable, "-m", "anomem.cli", "score", str(tmp_path / "test.npy"), "--cls", str(cls), "--setting", "unbalanced"]
+    done = run([*args, "--out", str(tmp_path / "s.csv")], root, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(root / f"data/scores/{cls}-unbalanced-0/scores.npz") as stored:
+        assert np.array_equal(np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1, usecols=1), stored["score_combined"])
+    k = params["detector"]["knn_k"]
+    params["detector"]["knn_k"] = k + 2  # changes only the kNN score, which no saved file would notice
+    (tmp_path / "edited.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = run([*args, "--params", str(tmp_path / "edited.yaml")], root, env)
+    assert refused.returncode == 2 and f"records other params for {cls}-unbalanced-0's outputs" in refused.stderr
+    assert f"detector.knn_k: {k} there, {k + 2} here" in refused.stderr
+
+
 def test_metrics_cover_every_pair_and_beat_a_broken_model(smoke_repo):
     root, _, _ = smoke_repo
     params = yaml.safe_load((root / "params.yaml").read_text())

@@ -20,13 +20,14 @@ from anomem.data import as_rgb_images
 from anomem.detector import AnomalyDistanceDetector
 from anomem.ensemble import combined_score, split_scorers
 from anomem.errors import DataError, ParamsError
-from anomem.params import Params, pair_id
+from anomem.params import Params, flatten, pair_id, read_yaml
 from anomem.runtime import Runtime
 from anomem.views import Extracted, extract_split, frozen_network
 
 FLAG_PERCENTILE = 95.0  # `anomalous` by default: combined above this percentile of the normal validation images' (5 % false alarms there)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NEW = "new"  # the split name the scored images take beside the stored ones
+PAIR_STAGES = ("train_contrastive_memory", "extract_deviation_maps", "train_detector")  # dvc.yaml's per-pair stages, in order
 
 
 class PairScorer:
@@ -41,6 +42,7 @@ class PairScorer:
         root = Path(root)
         self.params, self.runtime, self.pair = params, runtime, pair_id(cls, setting, seed)
         pair = self.pair
+        _require_locked_params(params, pair, root / "dvc.lock")
         model_file = root / layout.model_dir(pair) / "model.pt"
         saved = io.load_torch(model_file, f"`dvc repro train_contrastive_memory@{pair}`")
         _require_trained_with(params, saved, model_file)
@@ -114,6 +116,23 @@ def scores_csv(names: list[str], labels: np.ndarray | None, scores: dict[str, np
 
 def _size(shape: tuple[int, ...]) -> str:
     return f"{shape[0]}x{shape[1]} pixels"
+
+
+def _require_locked_params(params: Params, pair: str, lock_file: Path) -> None:
+    """Where DVC ran the pair, a ParamsError when these params are not the values dvc.lock recorded for its stages."""
+    if not lock_file.is_file():
+        return
+    stages = (read_yaml(lock_file.read_text()) or {}).get("stages", {})
+    now = flatten(params.to_dict())
+    differ = {}
+    for stage in PAIR_STAGES:
+        recorded = stages.get(f"{stage}@{pair}", {}).get("params", {}).get("params.yaml", {})
+        differ.update({k: f"{k}: {v!r} there, {now.get(k)!r} here" for k, v in recorded.items() if now.get(k) != v})
+    if differ:
+        raise ParamsError(
+            f"{lock_file} records other params for {pair}'s outputs than these ({'; '.join(differ[k] for k in sorted(differ))}): "
+            "run `dvc repro` with these first, or score with the params it ran with (--params)"
+        )
 
 
 def _require_trained_with(params: Params, saved: dict, model_file: Path) -> None:
