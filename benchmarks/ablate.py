@@ -29,8 +29,9 @@ from pathlib import Path
 import yaml
 
 from anomem import io, layout
+from anomem.errors import DataError
 from anomem.params import flatten, pair_id, parse_params, read_yaml
-from anomem.predict import PAIR_STAGES
+from anomem.pipeline import PAIR_STAGES, dvc_status, locked_params, stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
@@ -53,12 +54,6 @@ def overridden(base: dict, overrides: list[str]) -> dict:
     return params
 
 
-def stage_params(dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, set[str]]:
-    """The params each pair stage reads, as dvc.yaml lists them."""
-    stages = yaml.safe_load(dvc_yaml.read_text())["stages"]
-    return {name: set(stages[name].get("params", [])) for name in PAIR_STAGES}
-
-
 def stages_to_reuse(overrides: list[str], listed: dict[str, set[str]]) -> tuple[str, ...]:
     """The pair stages before the first one that reads an overridden param (all of them when none does)."""
     keys = {item.partition("=")[0] for item in overrides}
@@ -73,19 +68,18 @@ def check_reusable(params: dict, stage_names: list[str], repo: Path = REPO) -> N
     lock_path = repo / "dvc.lock"
     if not lock_path.exists():
         raise SystemExit(f"--reuse-grid: {lock_path} is missing; run the grid (`dvc repro`) first")
-    lock = read_yaml(lock_path.read_text()).get("stages", {})  # DVC writes 1e-06 for 0.000001
     flat = flatten(params)
     for name in stage_names:
-        if name not in lock:
+        recorded = locked_params(lock_path, name)
+        if recorded is None:
             raise SystemExit(f"--reuse-grid: dvc.lock has no {name}; run the grid (`dvc repro`) first")
-        recorded = lock[name].get("params", {}).get("params.yaml", {})
         differing = sorted(k for k, v in recorded.items() if flat.get(k) != v)
         if differing:
             raise SystemExit(f"--reuse-grid: the grid's {name} ran with other values of {', '.join(differing)}; drop --reuse-grid")
-    done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json", *stage_names], cwd=repo, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"--reuse-grid: `dvc status` failed, so the grid's outputs cannot be trusted:\n{done.stderr[-2000:]}")
-    changed = json.loads(done.stdout or "{}")
+    try:
+        changed = dvc_status(repo, stage_names)
+    except DataError as err:
+        raise SystemExit(f"--reuse-grid: the grid's outputs cannot be trusted: {err}") from None
     if changed:
         raise SystemExit(f"--reuse-grid: these grid stages are not up to date: {', '.join(sorted(changed))}; run `dvc repro` first")
 
@@ -150,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     params = overridden(base, [f"experiment.classes={args.classes}", f"experiment.settings={args.settings}", *args.overrides])
     params.setdefault("tracking", {})["enabled"] = False
     name = args.name or ("+".join(o.replace("/", "_") for o in args.overrides) or "default")
-    reuse = stages_to_reuse(args.overrides, stage_params()) if args.reuse_grid else ()
+    reuse = stages_to_reuse(args.overrides, stage_params(REPO / "dvc.yaml")) if args.reuse_grid else ()
     if reuse and args.prepare:
         raise SystemExit("--reuse-grid links the grid's outputs, which were made from data/prepared; drop --prepare")
     began = time.perf_counter()

@@ -164,7 +164,7 @@ def test_report_says_met_when_the_headline_clears_plain_by_twenty_points():
 
 
 def test_ablation_reuses_only_the_stages_no_override_reads():
-    listed = ablate.stage_params()
+    listed = ablate.stage_params(ablate.REPO / "dvc.yaml")
     assert ablate.stages_to_reuse(["detector.epochs=100"], listed) == ("train_contrastive_memory", "extract_deviation_maps")
     assert ablate.stages_to_reuse(["detector.shifted_negatives=false"], listed) == ("train_contrastive_memory",)
     assert ablate.stages_to_reuse(["memory.size=16", "detector.epochs=1"], listed) == ()

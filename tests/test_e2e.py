@@ -126,6 +126,18 @@ def test_score_repeats_the_pipeline_and_refuses_params_dvc_lock_did_not_run(smok
     assert refused.returncode == 2 and f"records other params for {cls}-unbalanced-0's outputs" in refused.stderr
     assert f"detector.knn_k: {k} there, {k + 2} here" in refused.stderr
 
+    # Outputs that are not those dvc.lock recorded (a `git pull` without `dvc pull`, say) are refused too.
+    history = root / f"data/scores/{cls}-unbalanced-0/history.json"
+    text = history.read_text()
+    history.unlink()  # a new file, not a write through DVC's hard link into its cache
+    history.write_text(text.replace("{", '{"edited": 1, ', 1))
+    try:
+        stale = run(args, root, env)
+        assert stale.returncode == 2 and f"the outputs of train_detector@{cls}-unbalanced-0 in . are not those" in stale.stderr
+    finally:
+        assert run(["dvc", "checkout", "--force", f"train_detector@{cls}-unbalanced-0"], root, env).returncode == 0
+    assert history.read_text() == text
+
 
 def test_metrics_cover_every_pair_and_beat_a_broken_model(smoke_repo):
     root, _, _ = smoke_repo

@@ -16,8 +16,9 @@ from PIL import Image
 
 from anomem.errors import DataError, ParamsError
 from anomem.params import load_params
-from anomem.predict import PairScorer, read_images
+from anomem.predict import PairScorer, _require_trained_with, read_images
 from anomem.runtime import make_runtime
+from conftest import REPO
 from test_reliability import PAIR, PAIR_ID, TINY, make_repo, ok, run_pipeline, tiny_data  # noqa: F401  (tiny_data is a fixture)
 
 CLS, SETTING, SEED = int(PAIR[0]), PAIR[1], int(PAIR[2])
@@ -158,3 +159,51 @@ def test_read_images_checks_its_input(tmp_path):
         read_images(tmp_path / "cut.npy")
     with pytest.raises(DataError, match="missing"):
         read_images(tmp_path / "absent.npz")
+
+
+@pytest.mark.parametrize(
+    "group, key, value, message",
+    [
+        ("detector", "channels", 8, "detector.pt does not fit the network these params build"),
+        ("contrastive", "rotation_weight", 0.0, "model.pt does not fit the network these params build"),
+        ("detector", "knn_turns", False, "holds 4 views of 32 features, but these params make 1 of 32"),
+    ],
+)
+def test_params_whose_outputs_do_not_fit_are_refused_before_any_pass(scored_repo, tmp_path, group, key, value, message):
+    """Without dvc.lock, the files themselves tell: a detector or network of another shape, a kNN bank of other views."""
+    root, _ = scored_repo
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params[group][key] = value
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=message):
+        PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=root)
+
+
+def test_only_the_params_stage_1_reads_must_match_the_saved_network(tmp_path):
+    """memory.deviation_path is read by extraction, not by stage 1: a changed value re-runs extraction alone and
+    leaves model.pt as it was, so model.pt's copy of it must not be compared (per dvc.yaml)."""
+    params = load_params(REPO / "profiles" / "smoke.yaml")
+    saved = {"model_params": params.model.model_dump(), "memory_params": {**params.memory.model_dump(), "deviation_path": "memory"}}
+    _require_trained_with(params, saved, tmp_path / "model.pt", REPO / "dvc.yaml")
+    with pytest.raises(ParamsError, match="memory.deviation_path: 'memory' there, 'plain' here"):
+        _require_trained_with(params, saved, tmp_path / "model.pt", tmp_path / "no-dvc.yaml")  # without dvc.yaml, all of them
+    saved["memory_params"]["beta"] = 3.0
+    with pytest.raises(ParamsError, match=r"memory.beta: 3.0 there, 10.0 here"):
+        _require_trained_with(params, saved, tmp_path / "model.pt", REPO / "dvc.yaml")
+
+
+def test_read_images_refuses_what_it_cannot_read_faithfully(tmp_path):
+    np.savez(tmp_path / "named.npz", images=np.zeros((2, 5, 5, 3), np.uint8), labels=np.array(["cat", "dog"]))
+    with pytest.raises(DataError, match="'labels' must be 2 integer class indices"):
+        read_images(tmp_path / "named.npz")
+    Image.fromarray(np.full((5, 5), 40000, np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(DataError, match="deep.png: a I;16 image \\(16-bit\\); convert it to 8 bits per channel first"):
+        read_images(tmp_path / "deep.png")
+    with pytest.raises(DataError, match="absent.png: missing"):
+        read_images(tmp_path / "absent.png")
+    with open(tmp_path / "UPPER.NPY", "wb") as f:  # np.save would append ".npy" to the name
+        np.save(f, np.zeros((1, 5, 5, 3), np.uint8))
+    assert read_images(tmp_path / "UPPER.NPY")[0].shape == (1, 5, 5, 3)
+    np.save(tmp_path / "none.npy", np.zeros((0, 5, 5, 3), np.uint8))
+    with pytest.raises(DataError, match="holds no images"):
+        read_images(tmp_path / "none.npy")

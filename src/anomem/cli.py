@@ -74,7 +74,7 @@ def _score(args: argparse.Namespace) -> int:
     import numpy as np
 
     from anomem.metrics import score_metrics
-    from anomem.predict import FLAG_PERCENTILE, PairScorer, read_images, scores_csv
+    from anomem.predict import FLAG_PERCENTILE, PairScorer, read_images, scores_csv, training_image_size
     from anomem.runtime import make_runtime
     from anomem.stagekit import require_class_index
 
@@ -87,8 +87,9 @@ def _score(args: argparse.Namespace) -> int:
     require_class_index(params, args.cls)
     seed = params.experiment.seeds[0] if args.seed is None else args.seed
     runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
+    # The inputs first: a wrong path or an empty folder should not wait for the network to load.
+    images, names, labels = read_images(args.images, training_image_size(args.project) if args.resize else None)
     scorer = PairScorer(params, args.cls, args.setting, seed, runtime, root=args.project)
-    images, names, labels = read_images(args.images, scorer.image_shape[:2] if args.resize else None)
     extracted = scorer.extract(images)
     scores = scorer.score_extracted(extracted)
     threshold = scorer.threshold(percentile)
@@ -112,9 +113,12 @@ def _score(args: argparse.Namespace) -> int:
         save_figure(args.plot, fig)
         close(fig)
         print(f"the {len(top)} highest-scored images with their deviation maps -> {args.plot}")
-    if labels is not None and 0 < int((labels == args.cls).sum()) < len(labels):
-        auroc = score_metrics(labels != args.cls, scores["combined"])["auroc"]
-        print(f"AUROC of combined against the labels (normal = class {args.cls}): {auroc:.4f}")
+    if labels is not None:
+        if 0 < int((labels == args.cls).sum()) < len(labels):
+            auroc = score_metrics(labels != args.cls, scores["combined"])["auroc"]
+            print(f"AUROC of combined against the labels (normal = class {args.cls}): {auroc:.4f}")
+        else:
+            print(f"no AUROC: the labels need images of class {args.cls} (normal) and of other classes")
     return 0
 
 

@@ -9,9 +9,9 @@ RAW = Path("data/raw")
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
 # What writes data/prepared, for errors about a missing file there.
+PREPARED_BY = "`dvc repro prepare_data` (it writes the splits of experiment.classes x experiment.settings)"
 # The split whose pooled features the kNN score compares with: extraction writes them, the scores read them.
 KNN_BANK = "train_normal"
-PREPARED_BY = "`dvc repro prepare_data` (it writes the splits of experiment.classes x experiment.settings)"
 
 
 def images_file(split: str) -> Path:

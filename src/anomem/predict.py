@@ -20,14 +20,15 @@ from anomem.data import as_rgb_images
 from anomem.detector import AnomalyDistanceDetector
 from anomem.ensemble import combined_score, split_scorers
 from anomem.errors import DataError, ParamsError
-from anomem.params import Params, flatten, pair_id, read_yaml
+from anomem.params import Params, flatten, pair_id
+from anomem.pipeline import PAIR_STAGES, changed_outputs, locked_params, stage_params
 from anomem.runtime import Runtime
-from anomem.views import Extracted, extract_split, frozen_network
+from anomem.views import Extracted, extract_split, frozen_network, knn_feature_dim, scoring_views
 
 FLAG_PERCENTILE = 95.0  # `anomalous` by default: combined above this percentile of the normal validation images' (5 % false alarms there)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NEW = "new"  # the split name the scored images take beside the stored ones
-PAIR_STAGES = ("train_contrastive_memory", "extract_deviation_maps", "train_detector")  # dvc.yaml's per-pair stages, in order
+WIDE_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "32-bit float"}  # PIL modes
 
 
 class PairScorer:
@@ -41,25 +42,30 @@ class PairScorer:
     def __init__(self, params: Params, cls: int, setting: str, seed: int, runtime: Runtime, root: str | Path = "."):
         root = Path(root)
         self.params, self.runtime, self.pair = params, runtime, pair_id(cls, setting, seed)
-        pair = self.pair
-        _require_locked_params(params, pair, root / "dvc.lock")
-        model_file = root / layout.model_dir(pair) / "model.pt"
-        saved = io.load_torch(model_file, f"`dvc repro train_contrastive_memory@{pair}`")
-        _require_trained_with(params, saved, model_file)
+        locked = _require_made_with(params, self.pair, root)
+        model_file = root / layout.model_dir(self.pair) / "model.pt"
+        saved = io.load_torch(model_file, f"`dvc repro train_contrastive_memory@{self.pair}`")
+        if not locked:
+            _require_trained_with(params, saved, model_file, root / "dvc.yaml")
         train_images = io.load_npy(root / layout.images_file("train"), layout.PREPARED_BY, mmap=True)
         self.image_shape = tuple(train_images.shape[1:])
         split = io.load_npz(root / layout.split_file(cls, setting), layout.PREPARED_BY)
-        self.net = frozen_network(params, saved, train_images[split["train_normal"]], runtime)
+        self.net = _fitting(model_file, lambda: frozen_network(params, saved, train_images[split["train_normal"]], runtime))
 
-        scored_by = f"`dvc repro train_detector@{pair}`"
-        state = io.load_torch(root / layout.scores_dir(pair) / "detector.pt", scored_by)
-        self.detector = AnomalyDistanceDetector(params.detector, runtime.device, seed=seed, progress=False).load_state_dict(state)
+        scored_by = f"`dvc repro train_detector@{self.pair}`"
+        detector_file = root / layout.scores_dir(self.pair) / "detector.pt"
+        state = io.load_torch(detector_file, scored_by)
+        self.detector = _fitting(
+            detector_file,
+            lambda: AnomalyDistanceDetector(params.detector, runtime.device, seed=seed, progress=False).load_state_dict(state),
+        )
         self.scale_weights = state["scale_weights"]
-        self.parts = tuple(str(p) for p in io.load_npz(root / layout.scores_dir(pair) / "scores.npz", scored_by)["combined_parts"])
+        self.parts = tuple(str(p) for p in io.load_npz(root / layout.scores_dir(self.pair) / "scores.npz", scored_by)["combined_parts"])
 
-        folder, made_by = root / layout.deviation_dir(pair), f"`dvc repro extract_deviation_maps@{pair}`"
+        folder, made_by = root / layout.deviation_dir(self.pair), f"`dvc repro extract_deviation_maps@{self.pair}`"
         self._maps = {"val_normal": {s: io.load_npy(folder / f"val_normal_s{s}.npy", made_by) for s in params.memory.scales}}
         self._pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in (layout.KNN_BANK, "val_normal")}
+        _require_bank_fits(self._pooled[layout.KNN_BANK], self.net, params, folder / f"{layout.KNN_BANK}_pooled.npy")
         self._rotation = (
             {"val_normal": io.load_npy(folder / "val_normal_rotation.npy", made_by)} if self.net.rotation_head is not None else None
         )
@@ -73,6 +79,9 @@ class PairScorer:
 
     def extract(self, images: np.ndarray, desc: str = "score") -> Extracted:
         """The passes of `images` through the frozen network: deviation maps, kNN features and rotation scores."""
+        images = as_rgb_images(images, "the images")
+        if images.shape[0] == 0:
+            raise DataError("no images to score")
         if tuple(images.shape[1:]) != self.image_shape:
             raise DataError(
                 f"the images are {_size(images.shape[1:])}, but {self.pair} was trained on {_size(self.image_shape)}; "
@@ -104,7 +113,7 @@ class PairScorer:
 
 def scores_csv(names: list[str], labels: np.ndarray | None, scores: dict[str, np.ndarray], anomalous: np.ndarray) -> str:
     """One row per image: its name, its label (when given), `combined`, the other scores, and the 0/1 flag."""
-    columns = ["combined", *(k for k in ("detector", "rotation", "knn", "deviation") if k in scores)]
+    columns = ["combined", *(k for k in scores if k != "combined")]
     table = StringIO()
     writer = csv.writer(table, lineterminator="\n")
     writer.writerow(["image", *(["label"] if labels is not None else []), *columns, "anomalous"])
@@ -118,55 +127,97 @@ def _size(shape: tuple[int, ...]) -> str:
     return f"{shape[0]}x{shape[1]} pixels"
 
 
-def _require_locked_params(params: Params, pair: str, lock_file: Path) -> None:
-    """Where DVC ran the pair, a ParamsError when these params are not the values dvc.lock recorded for its stages."""
-    if not lock_file.is_file():
-        return
-    stages = (read_yaml(lock_file.read_text()) or {}).get("stages", {})
+def _require_made_with(params: Params, pair: str, root: Path) -> bool:
+    """Where dvc.lock records the pair's three stages: a ParamsError unless these params are the values they ran with,
+    and a DataError unless the outputs on disk are the ones it recorded. False where dvc.lock does not record them."""
+    lock = root / "dvc.lock"
+    recorded = {stage: locked_params(lock, f"{stage}@{pair}") for stage in PAIR_STAGES}
+    if any(values is None for values in recorded.values()):
+        return False
     now = flatten(params.to_dict())
-    differ = {}
-    for stage in PAIR_STAGES:
-        recorded = stages.get(f"{stage}@{pair}", {}).get("params", {}).get("params.yaml", {})
-        differ.update({k: f"{k}: {v!r} there, {now.get(k)!r} here" for k, v in recorded.items() if now.get(k) != v})
+    differ = {k: f"{k}: {v!r} there, {now.get(k)!r} here" for values in recorded.values() for k, v in values.items() if now.get(k) != v}
     if differ:
         raise ParamsError(
-            f"{lock_file} records other params for {pair}'s outputs than these ({'; '.join(differ[k] for k in sorted(differ))}): "
+            f"{lock} records other params for {pair}'s outputs than these ({'; '.join(differ[k] for k in sorted(differ))}): "
             "run `dvc repro` with these first, or score with the params it ran with (--params)"
+        )
+    stale = changed_outputs(root, [f"{stage}@{pair}" for stage in PAIR_STAGES])
+    if stale:
+        raise DataError(
+            f"the outputs of {', '.join(stale)} in {root} are not those {lock} records (a `git checkout` or `git pull` "
+            "without `dvc checkout` or `dvc pull`?): run `dvc checkout` (or `dvc repro`) first"
+        )
+    return True
+
+
+def _require_trained_with(params: Params, saved: dict, model_file: Path, dvc_yaml: Path) -> None:
+    """Where DVC did not run the pair: a ParamsError when the model and memory params that stage 1 reads (per dvc.yaml,
+    when the project has one) are not those saved with the network."""
+    read_by_stage_1 = stage_params(dvc_yaml)["train_contrastive_memory"] if dvc_yaml.is_file() else None
+    differ = []
+    for group in ("model", "memory"):
+        trained, now = saved.get(f"{group}_params") or {}, getattr(params, group).model_dump()
+        differ += [
+            f"{group}.{k}: {trained[k]!r} there, {now.get(k)!r} here"
+            for k in sorted(trained)
+            if trained[k] != now.get(k) and (read_by_stage_1 is None or f"{group}.{k}" in read_by_stage_1)
+        ]
+    if differ:
+        raise ParamsError(
+            f"{model_file} was trained with other params than these ({'; '.join(differ)}): score with the params "
+            "file it was trained with (--params), or re-run `dvc repro` with these"
         )
 
 
-def _require_trained_with(params: Params, saved: dict, model_file: Path) -> None:
-    """A ParamsError when params.yaml's model or memory params are not those the saved network was trained with."""
-    for group in ("model", "memory"):
-        trained, now = saved.get(f"{group}_params") or {}, getattr(params, group).model_dump()
-        differ = [f"{group}.{k}: {trained[k]!r} there, {now.get(k)!r} here" for k in sorted(trained) if trained[k] != now.get(k)]
-        if differ:
-            raise ParamsError(
-                f"{model_file} was trained with other params than these ({'; '.join(differ)}): score with the params "
-                "file it was trained with (--params), or re-run `dvc repro` with these"
-            )
+def _fitting(file: Path, load):
+    """`load()`, with a state dict that does not fit the network these params build turned into a ParamsError."""
+    try:
+        return load()
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ParamsError(
+            f"{file} does not fit the network these params build ({first}): score with the params it was made with (--params)"
+        ) from None
+
+
+def _require_bank_fits(bank: np.ndarray, net, params: Params, file: Path) -> None:
+    """A ParamsError, before any pass, when the kNN bank was extracted with other test-time views or kNN features."""
+    d = params.detector
+    views, dim = len(scoring_views(d.knn_turns, d.knn_mirror)), knn_feature_dim(net, tuple(d.knn_scales))
+    if bank.shape[1:] != (views, dim):
+        raise ParamsError(
+            f"{file} holds {bank.shape[1]} views of {bank.shape[2]} features, but these params make {views} of {dim}: "
+            "detector.knn_turns, detector.knn_mirror or detector.knn_scales differ from those extraction ran with "
+            "(score with those, --params)"
+        )
+
+
+def training_image_size(root: str | Path = ".") -> tuple[int, int]:
+    """(height, width) of the images the project trained on, from the header of data/prepared's training images."""
+    return tuple(io.load_npy(Path(root) / layout.images_file("train"), layout.PREPARED_BY, mmap=True).shape[1:3])
 
 
 def read_images(path: str | Path, resize_to: tuple[int, int] | None = None) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     """uint8 NHWC RGB images, their names and their labels (or None) from an .npy array, an .npz with an 'images'
-    array (and 'labels', optional), one image file, or a folder of image files (sorted by name).
+    array (and 'labels', optional: integer class indices), one image file, or a folder of image files (sorted by name).
 
     With `resize_to` (height, width), every image is resized to it (PIL, bicubic); otherwise they keep their size.
     """
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing")
     labels = None
+    suffix = path.suffix.lower()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"{path}: no image files here ({', '.join(IMAGE_SUFFIXES)})")
         return _stack([_read_image_file(f, resize_to) for f in files], path), [f.name for f in files], None
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if suffix in IMAGE_SUFFIXES:
         return _stack([_read_image_file(path, resize_to)], path), [path.name], None
-    if not path.exists():
-        raise DataError(f"{path}: missing")
-    if path.suffix == ".npy":
+    if suffix == ".npy":
         images = io.load_npy(path, "what wrote it")
-    elif path.suffix == ".npz":
+    elif suffix == ".npz":
         archive = io.load_npz(path, "what wrote it")
         if "images" not in archive:
             raise DataError(f"{path}: lacks an array 'images'; has {sorted(archive)}")
@@ -174,19 +225,23 @@ def read_images(path: str | Path, resize_to: tuple[int, int] | None = None) -> t
     else:
         raise DataError(f"{path}: not an .npy, .npz, image file or folder of image files")
     images = as_rgb_images(images, path)
-    if labels is not None and labels.shape != (images.shape[0],):
-        raise DataError(f"{path}: 'labels' must have shape ({images.shape[0]},), got {labels.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{path}: holds no images")
+    if labels is not None and (labels.shape != (images.shape[0],) or not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"{path}: 'labels' must be {images.shape[0]} integer class indices, got {labels.dtype} of shape {labels.shape}")
     if resize_to is not None and tuple(images.shape[1:3]) != tuple(resize_to):
         images = np.stack([_resized(image, resize_to) for image in images])
     return images, [str(i) for i in range(images.shape[0])], labels
 
 
 def _read_image_file(file: Path, resize_to: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(file) as image:
-            rgb = np.asarray(image.convert("RGB"))
+            if image.mode in WIDE_MODES:  # convert("RGB") would clip, not scale, 16-bit and float pixels
+                raise DataError(f"{file}: a {image.mode} image ({WIDE_MODES[image.mode]}); convert it to 8 bits per channel first")
+            rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))  # upright, as a viewer shows it
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"{file}: not a readable image ({type(exc).__name__}: {exc})") from None
     return _resized(rgb, resize_to) if resize_to is not None and rgb.shape[:2] != tuple(resize_to) else rgb
