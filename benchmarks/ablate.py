@@ -31,7 +31,7 @@ import yaml
 from anomem import io, layout
 from anomem.errors import DataError
 from anomem.params import flatten, pair_id, parse_params, read_yaml
-from anomem.pipeline import PAIR_STAGES, dvc_status, locked_params, stage_params
+from anomem.pipeline import PAIR_STAGES, differing_params, dvc_status, locked_params, stage_params
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
@@ -68,12 +68,11 @@ def check_reusable(params: dict, stage_names: list[str], repo: Path = REPO) -> N
     lock_path = repo / "dvc.lock"
     if not lock_path.exists():
         raise SystemExit(f"--reuse-grid: {lock_path} is missing; run the grid (`dvc repro`) first")
-    flat = flatten(params)
+    flat, locked = flatten(params), locked_params(lock_path)
     for name in stage_names:
-        recorded = locked_params(lock_path, name)
-        if recorded is None:
+        if name not in locked:
             raise SystemExit(f"--reuse-grid: dvc.lock has no {name}; run the grid (`dvc repro`) first")
-        differing = sorted(k for k, v in recorded.items() if flat.get(k) != v)
+        differing = sorted(differing_params(locked[name], flat))
         if differing:
             raise SystemExit(f"--reuse-grid: the grid's {name} ran with other values of {', '.join(differing)}; drop --reuse-grid")
     try:

@@ -31,21 +31,19 @@ def main() -> None:
     split = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)
     images = {name: io.load_npy(layout.images_file(name), layout.PREPARED_BY, mmap=True) for name in ("train", "test")}
     require_square_for_turns(images["train"].shape[1:3], params, [args.setting])
+    sources = {name: images["test" if name == "test" else "train"][split[name]] for name in SPLITS}
+    if uses_shifted_negatives(params, args.setting):
+        sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
     saved = io.load_torch(layout.model_dir(pair) / "model.pt", f"`dvc repro train_contrastive_memory@{pair}`")
-    net = frozen_network(params, saved, images["train"][split["train_normal"]], runtime)
+    net = frozen_network(params, saved, sources["train_normal"], runtime)
     out = layout.deviation_dir(pair)
-    total = sum(split[s].size for s in SPLITS) + (
-        sum(split[s].size for s in SHIFTED.values()) if uses_shifted_negatives(params, args.setting) else 0
-    )
+    total = sum(batch.shape[0] for batch in sources.values())
     needed = map_bytes(net, images["train"].shape[1:3], total, params.detector.map_dtype)
     io.require_free_space(out.parent, int(needed * 1.05), f"the deviation maps of {pair}")
 
     with stage_run(params, "extract_deviation_maps", pair, args.seed) as run:
         began = time.perf_counter()
         energy = {}
-        sources = {name: images["test" if name == "test" else "train"][split[name]] for name in SPLITS}
-        if uses_shifted_negatives(params, args.setting):
-            sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
         for name, batch in sources.items():
             got = extract_split(net, batch, params, runtime, desc=name, scored=name in SCORED, bank=name == layout.KNN_BANK)
             for s, m in got.maps.items():

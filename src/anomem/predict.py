@@ -21,7 +21,7 @@ from anomem.detector import AnomalyDistanceDetector
 from anomem.ensemble import combined_score, split_scorers
 from anomem.errors import DataError, ParamsError
 from anomem.params import Params, flatten, pair_id
-from anomem.pipeline import PAIR_STAGES, changed_outputs, locked_params, stage_params
+from anomem.pipeline import PAIR_STAGES, changed_outputs, differing_params, locked_params, stage_params
 from anomem.runtime import Runtime
 from anomem.views import Extracted, extract_split, frozen_network, knn_feature_dim, scoring_views
 
@@ -131,17 +131,17 @@ def _require_made_with(params: Params, pair: str, root: Path) -> bool:
     """Where dvc.lock records the pair's three stages: a ParamsError unless these params are the values they ran with,
     and a DataError unless the outputs on disk are the ones it recorded. False where dvc.lock does not record them."""
     lock = root / "dvc.lock"
-    recorded = {stage: locked_params(lock, f"{stage}@{pair}") for stage in PAIR_STAGES}
-    if any(values is None for values in recorded.values()):
+    stages, locked = [f"{stage}@{pair}" for stage in PAIR_STAGES], locked_params(lock)
+    if not all(stage in locked for stage in stages):
         return False
     now = flatten(params.to_dict())
-    differ = {k: f"{k}: {v!r} there, {now.get(k)!r} here" for values in recorded.values() for k, v in values.items() if now.get(k) != v}
+    differ = {k: both for stage in stages for k, both in differing_params(locked[stage], now).items()}
     if differ:
         raise ParamsError(
-            f"{lock} records other params for {pair}'s outputs than these ({'; '.join(differ[k] for k in sorted(differ))}): "
+            f"{lock} records other params for {pair}'s outputs than these ({_described(differ)}): "
             "run `dvc repro` with these first, or score with the params it ran with (--params)"
         )
-    stale = changed_outputs(root, [f"{stage}@{pair}" for stage in PAIR_STAGES])
+    stale = changed_outputs(root, stages)
     if stale:
         raise DataError(
             f"the outputs of {', '.join(stale)} in {root} are not those {lock} records (a `git checkout` or `git pull` "
@@ -154,19 +154,21 @@ def _require_trained_with(params: Params, saved: dict, model_file: Path, dvc_yam
     """Where DVC did not run the pair: a ParamsError when the model and memory params that stage 1 reads (per dvc.yaml,
     when the project has one) are not those saved with the network."""
     read_by_stage_1 = stage_params(dvc_yaml)["train_contrastive_memory"] if dvc_yaml.is_file() else None
-    differ = []
-    for group in ("model", "memory"):
-        trained, now = saved.get(f"{group}_params") or {}, getattr(params, group).model_dump()
-        differ += [
-            f"{group}.{k}: {trained[k]!r} there, {now.get(k)!r} here"
-            for k in sorted(trained)
-            if trained[k] != now.get(k) and (read_by_stage_1 is None or f"{group}.{k}" in read_by_stage_1)
-        ]
+    trained = flatten({group: saved.get(f"{group}_params") or {} for group in ("model", "memory")})
+    differ = {
+        k: both
+        for k, both in differing_params(trained, flatten(params.to_dict())).items()
+        if read_by_stage_1 is None or k in read_by_stage_1
+    }
     if differ:
         raise ParamsError(
-            f"{model_file} was trained with other params than these ({'; '.join(differ)}): score with the params "
+            f"{model_file} was trained with other params than these ({_described(differ)}): score with the params "
             "file it was trained with (--params), or re-run `dvc repro` with these"
         )
+
+
+def _described(differ: dict[str, tuple]) -> str:
+    return "; ".join(f"{k}: {there!r} there, {here!r} here" for k, (there, here) in sorted(differ.items()))
 
 
 def _fitting(file: Path, load):
