@@ -136,7 +136,7 @@ def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: 
 
 
 def load_model(root: Path, params: Params, pair: str) -> AnoMemNet:
-    path = root / layout.model_dir(pair) / "model.pt"
+    path = root / layout.model_file(pair)
     if not path.exists():
         raise DataError(f"{path}: missing; run `dvc repro train_contrastive_memory@{pair}` (or `benchmarks.ablate --keep {root}`) first")
     net = AnoMemNet.from_params(params)

@@ -34,7 +34,7 @@ def main() -> None:
         for cls in e.classes:
             for seed in e.seeds:
                 pair = pair_id(cls, setting, seed)
-                scores[pair] = io.load_npz(layout.scores_dir(pair) / "scores.npz", f"`dvc repro train_detector@{pair}`")
+                scores[pair] = io.load_npz(layout.scores_file(pair), layout.made_by("train_detector", pair))
     present = [available_scores([k.removeprefix("score_") for k in s]) for s in scores.values()]
     if any(p != present[0] for p in present):
         raise DataError("the pairs were scored with different params (their score sets differ); re-run `dvc repro`")

@@ -14,7 +14,7 @@ from anomem.errors import run_cli
 from anomem.params import uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
-from anomem.views import extract_split, frozen_network
+from anomem.views import extract_split, freeze, trained_network
 
 SPLITS = ("train_normal", "val_normal", "train_known", "val_known", "test")
 SHIFTED = {
@@ -34,26 +34,26 @@ def main() -> None:
     sources = {name: images["test" if name == "test" else "train"][split[name]] for name in SPLITS}
     if uses_shifted_negatives(params, args.setting):
         sources.update({name: quarter_turned(np.asarray(sources[normal]), args.seed) for name, normal in SHIFTED.items()})
-    saved = io.load_torch(layout.model_dir(pair) / "model.pt", f"`dvc repro train_contrastive_memory@{pair}`")
-    net = frozen_network(params, saved, sources["train_normal"], runtime)
-    out = layout.deviation_dir(pair)
+    saved = io.load_torch(layout.model_file(pair), layout.made_by("train_contrastive_memory", pair))
+    net = trained_network(params, saved)
     total = sum(batch.shape[0] for batch in sources.values())
     needed = map_bytes(net, images["train"].shape[1:3], total, params.detector.map_dtype)
-    io.require_free_space(out.parent, int(needed * 1.05), f"the deviation maps of {pair}")
+    io.require_free_space(layout.deviation_dir(pair).parent, int(needed * 1.05), f"the deviation maps of {pair}")
 
     with stage_run(params, "extract_deviation_maps", pair, args.seed) as run:
         began = time.perf_counter()
+        freeze(net, params, sources["train_normal"], runtime)
         energy = {}
         for name, batch in sources.items():
             got = extract_split(net, batch, params, runtime, desc=name, scored=name in SCORED, bank=name == layout.KNN_BANK)
             for s, m in got.maps.items():
-                io.save_npy(out / f"{name}_s{s}.npy", m)
+                io.save_npy(layout.deviation_maps_file(pair, name, s), m)
                 if m.shape[0]:
                     energy[f"{name}_s{s}_mean_energy"] = float((m[:2000].astype(np.float32) ** 2).sum(1).mean())
             if got.pooled is not None:
-                io.save_npy(out / f"{name}_pooled.npy", got.pooled)
+                io.save_npy(layout.pooled_file(pair, name), got.pooled)
             if got.rotation is not None:
-                io.save_npy(out / f"{name}_rotation.npy", got.rotation)
+                io.save_npy(layout.rotation_file(pair, name), got.rotation)
         seconds = time.perf_counter() - began
         run.log_metrics({**energy, "seconds": seconds, "bytes": needed, "images": total})
     print(f"{pair}: {total} images -> {needed / 1e6:.0f} MB of deviation maps in {seconds:.1f}s")

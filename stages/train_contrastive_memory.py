@@ -57,15 +57,16 @@ def main() -> None:
     resume = None
     if checkpoint.exists():
         try:
-            state = io.load_torch(checkpoint)
-        except DataError as err:  # a resume point is a cache: an unreadable one costs a fresh start, not the run
-            print(f"ignoring {checkpoint}: {err}")
-            state = {}
-        if state.get("fingerprint") == fp:
-            resume = state
-            print(f"resuming {pair} from {checkpoint} (epoch {state['epoch'] + 1} of {params.train.epochs} done)")
+            # A resume point is a cache: an unreadable one costs a fresh start, not the run.
+            state = io.load_torch(checkpoint, remedy="ignoring it: training starts from epoch 1")
+        except DataError as err:
+            print(err)
         else:
-            print(f"ignoring {checkpoint}: it was made with other params, seed or data")
+            if state.get("fingerprint") == fp:
+                resume = state
+                print(f"resuming {pair} from {checkpoint} (epoch {state['epoch'] + 1} of {params.train.epochs} done)")
+            else:
+                print(f"ignoring {checkpoint}: it was made with other params, seed or data")
 
     net = AnoMemNet.from_params(params)
     out = layout.model_dir(pair)
@@ -83,7 +84,7 @@ def main() -> None:
             resume_from=resume,
         )  # fmt: skip
         io.save_torch(
-            out / "model.pt",
+            layout.model_file(pair),
             {
                 "model": net.cpu().state_dict(),
                 "model_params": params.model.model_dump(),

@@ -9,31 +9,32 @@ from anomem.detector import AnomalyDistanceDetector
 from anomem.deviation import energy_maps, fit_scale_weights
 from anomem.ensemble import combined_score, pick_parts, split_scorers
 from anomem.errors import run_cli
-from anomem.params import uses_shifted_negatives
+from anomem.params import flatten, uses_shifted_negatives
 from anomem.stagekit import pair_stage
 from anomem.tracking import stage_run
 
 TOP_K = 6  # highest-scored test images kept with their deviation heatmaps
 
 
-def load_maps(folder, split: str, scales: list[int], made_by: str) -> dict[int, np.ndarray]:
-    return {s: io.load_npy(folder / f"{split}_s{s}.npy", made_by, mmap=True) for s in scales}
+def load_maps(pair: str, split: str, scales: list[int], made_by: str) -> dict[int, np.ndarray]:
+    return {s: io.load_npy(layout.deviation_maps_file(pair, split, s), made_by, mmap=True) for s in scales}
 
 
 def main() -> None:
     stage = pair_stage(__doc__)
     args, params, pair, runtime = stage.args, stage.params, stage.pair, stage.runtime
-    folder = layout.deviation_dir(pair)
     scales = params.memory.scales
     shifted = uses_shifted_negatives(params, args.setting)
 
     names = ("train_normal", "train_known", "val_normal", "val_known", "test") + (("train_shifted", "val_shifted") if shifted else ())
-    made_by = f"`dvc repro extract_deviation_maps@{pair}`"
-    maps = {name: load_maps(folder, name, scales, made_by) for name in names}
+    made_by = layout.made_by("extract_deviation_maps", pair)
+    maps = {name: load_maps(pair, name, scales, made_by) for name in names}
     scored = ("val_normal", "val_known", "test")
-    pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in (layout.KNN_BANK, *scored)}
+    pooled = {name: io.load_npy(layout.pooled_file(pair, name), made_by) for name in (layout.KNN_BANK, *scored)}
     rotation = (
-        {name: io.load_npy(folder / f"{name}_rotation.npy", made_by) for name in scored} if params.contrastive.rotation_weight > 0 else None
+        {name: io.load_npy(layout.rotation_file(pair, name), made_by) for name in scored}
+        if params.contrastive.rotation_weight > 0
+        else None
     )
     test_labels = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)["test_labels"]
 
@@ -45,7 +46,6 @@ def main() -> None:
 
     X, y = stack("train_normal", "train_known", *(("train_shifted",) if shifted else ()))
     X_val, y_val = stack("val_normal", "val_known", *(("val_shifted",) if shifted else ()))
-    out = layout.scores_dir(pair)
     with stage_run(params, "train_detector", pair, args.seed) as run:
         detector = AnomalyDistanceDetector(params.detector, runtime.device, seed=args.seed)
         detector.fit(
@@ -71,14 +71,15 @@ def main() -> None:
         top = np.argsort(-scores["detector"], kind="stable")[:TOP_K]
         heat = {f"heat_s{s}": e for s, e in energy_maps({s: maps["test"][s][top] for s in scales}).items()}
         io.save_npz(
-            out / "scores.npz",
+            layout.scores_file(pair),
             labels=test_labels, top_index=top, val_normal_detector=val_normal["detector"], combined_parts=np.array(parts),
             threshold=np.float64(np.percentile(val_normal["detector"], 95)),
             **{f"score_{k}": v for k, v in scores.items()}, **heat,
         )  # fmt: skip
-        io.save_torch(out / "detector.pt", {**detector.state_dict(), "scale_weights": weights})
+        # The params too, so that `anomem score` can refuse others where no dvc.lock records them.
+        io.save_torch(layout.detector_file(pair), {**detector.state_dict(), "scale_weights": weights, "params": flatten(params.to_dict())})
         io.write_json(
-            out / "history.json",
+            layout.scores_dir(pair) / "history.json",
             {"history": detector.history, "best_epoch": detector.best_epoch},
         )
         run.log_metrics({"best_epoch": detector.best_epoch})

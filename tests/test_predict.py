@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from anomem import layout
 from anomem.errors import DataError, ParamsError
-from anomem.params import load_params
-from anomem.predict import PairScorer, _require_trained_with, read_images
+from anomem.params import flatten, load_params
+from anomem.predict import PairScorer, _require_fitted_with, _require_trained_with, read_images
 from anomem.runtime import make_runtime
 from conftest import REPO
 from test_reliability import PAIR, PAIR_ID, TINY, make_repo, ok, run_pipeline, tiny_data  # noqa: F401  (tiny_data is a fixture)
@@ -108,12 +111,23 @@ def test_images_of_another_size_need_resize(scored_repo, tmp_path):
     assert len(list(csv.DictReader((tmp_path / "b.csv").open()))) == 1
 
 
-def test_params_other_than_the_training_ones_are_refused(scored_repo, tmp_path):
+@pytest.mark.parametrize(
+    "group, key, value, message",
+    [
+        ("memory", "beta", 3.0, r"model.pt was trained with other params than these \(memory.beta: 10.0 there, 3.0 here\)"),
+        ("detector", "knn_k", 7, r"detector.pt was fitted with other params than these \(detector.knn_k: 1 there, 7 here\)"),
+        ("detector", "pick_by_validation", False, r"detector.pick_by_validation: True there, False here"),
+        ("detector", "channels", 8, r"detector.pt was fitted with other params than these \(detector.channels: 16 there, 8 here\)"),
+    ],
+)
+def test_params_other_than_the_training_ones_are_refused_by_name(scored_repo, tmp_path, group, key, value, message):
+    """Without dvc.lock, model.pt and detector.pt tell: each holds the params it was made with. knn_k and
+    pick_by_validation change no shape, so only this check can catch them."""
     root, _ = scored_repo
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["memory"]["beta"] = 3.0  # loads without a shape error, so only the check can catch it
+    params[group][key] = value
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ParamsError, match=r"trained with other params than these \(memory.beta: 10.0 there, 3.0 here\)"):
+    with pytest.raises(ParamsError, match=message):
         PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=root)
 
 
@@ -161,6 +175,19 @@ def test_read_images_checks_its_input(tmp_path):
         read_images(tmp_path / "absent.npz")
 
 
+@pytest.fixture(scope="module")
+def unrecorded_repo(scored_repo, tmp_path_factory) -> Path:
+    """The scored repo with a detector.pt as saved before it recorded its params: only the shapes of the files can tell."""
+    root = tmp_path_factory.mktemp("unrecorded")
+    for part in ("params.yaml", "data"):
+        (shutil.copytree if (scored_repo[0] / part).is_dir() else shutil.copy)(scored_repo[0] / part, root / part)
+    detector_file = root / layout.detector_file(PAIR_ID)
+    state = torch.load(detector_file, weights_only=False)
+    del state["params"]
+    torch.save(state, detector_file)
+    return root
+
+
 @pytest.mark.parametrize(
     "group, key, value, message",
     [
@@ -169,14 +196,16 @@ def test_read_images_checks_its_input(tmp_path):
         ("detector", "knn_turns", False, "holds 4 views of 32 features, but these params make 1 of 32"),
     ],
 )
-def test_params_whose_outputs_do_not_fit_are_refused_before_any_pass(scored_repo, tmp_path, group, key, value, message):
-    """Without dvc.lock, the files themselves tell: a detector or network of another shape, a kNN bank of other views."""
-    root, _ = scored_repo
-    params = yaml.safe_load((root / "params.yaml").read_text())
+def test_params_whose_outputs_do_not_fit_are_refused_before_any_pass(unrecorded_repo, tmp_path, group, key, value, message):
+    """Without dvc.lock or recorded params, the files themselves tell: a detector or network of another shape, a kNN
+    bank of other views."""
+    params = yaml.safe_load((unrecorded_repo / "params.yaml").read_text())
     params[group][key] = value
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=message):
-        PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=root)
+        PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=unrecorded_repo)
+    same = load_params(unrecorded_repo / "params.yaml")
+    assert PairScorer(same, CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=unrecorded_repo).parts
 
 
 def test_only_the_params_stage_1_reads_must_match_the_saved_network(tmp_path):
@@ -190,6 +219,19 @@ def test_only_the_params_stage_1_reads_must_match_the_saved_network(tmp_path):
     saved["memory_params"]["beta"] = 3.0
     with pytest.raises(ParamsError, match=r"memory.beta: 3.0 there, 10.0 here"):
         _require_trained_with(params, saved, tmp_path / "model.pt", REPO / "dvc.yaml")
+
+
+def test_only_the_params_extraction_and_the_detector_read_must_match_the_saved_detector(tmp_path):
+    """Per dvc.yaml, a detector is compared on what extract_deviation_maps and train_detector read: train.lr, read by
+    stage 1 alone, does not change how images are scored. A detector saved without its params passes."""
+    params = load_params(REPO / "profiles" / "smoke.yaml")
+    recorded = flatten(params.to_dict())
+    detector_file = tmp_path / "detector.pt"
+    _require_fitted_with(params, {"params": {**recorded, "train.lr": 3.0}}, detector_file, REPO / "dvc.yaml")
+    _require_fitted_with(params, {}, detector_file, REPO / "dvc.yaml")
+    for key, other in (("detector.knn_k", 9), ("detector.bn_recompute", not params.detector.bn_recompute)):
+        with pytest.raises(ParamsError, match=rf"detector.pt was fitted with other params than these \({key}: {other} there"):
+            _require_fitted_with(params, {"params": {**recorded, key: other}}, detector_file, REPO / "dvc.yaml")
 
 
 def test_read_images_refuses_what_it_cannot_read_faithfully(tmp_path):

@@ -85,11 +85,12 @@ def save_torch(path: str | Path, obj: Any) -> None:
         f.write(buffer.getbuffer())
 
 
-def load_torch(path: str | Path, made_by: str = "the stage that writes it") -> Any:
-    """What save_torch wrote, on the CPU; a missing or unreadable file is a DataError that names it."""
+def load_torch(path: str | Path, made_by: str = "the stage that writes it", remedy: str | None = None) -> Any:
+    """What save_torch wrote, on the CPU; a missing or unreadable file is a DataError that names it and says what
+    to do (`remedy`; by default, re-run `made_by`)."""
     import torch
 
-    return _load(path, made_by, "torch", lambda p: torch.load(p, map_location="cpu", weights_only=False))
+    return _load(path, made_by, "torch", lambda p: torch.load(p, map_location="cpu", weights_only=False), remedy)
 
 
 def load_npy(path: str | Path, made_by: str = "the stage that writes it", mmap: bool = False) -> np.ndarray:
@@ -107,14 +108,14 @@ def load_npz(path: str | Path, made_by: str = "the stage that writes it") -> dic
     return _load(path, made_by, "numpy", read)
 
 
-def _load(path: str | Path, made_by: str, kind: str, read):
+def _load(path: str | Path, made_by: str, kind: str, read, remedy: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: missing; run {made_by} first")
     try:
         return read(path)
     except Exception as exc:  # numpy and torch raise several types for a truncated or foreign file
-        raise DataError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc}); re-run {made_by}") from None
+        raise DataError(f"{path}: not a readable {kind} file ({type(exc).__name__}: {exc}); {remedy or f're-run {made_by}'}") from None
 
 
 def save_figure(path: str | Path, fig) -> None:

@@ -26,8 +26,18 @@ def split_file(cls: int, setting: str) -> Path:
     return PREPARED / "splits" / f"{cls}-{setting}.npz"
 
 
+def made_by(stage: str, pair: str) -> str:
+    """What writes a pair stage's outputs, for errors about a missing or unreadable file there."""
+    return f"`dvc repro {stage}@{pair}`"
+
+
 def model_dir(pair: str) -> Path:
     return Path("data/models") / pair
+
+
+def model_file(pair: str) -> Path:
+    """The stage-1 network with the model and memory params it was built with."""
+    return model_dir(pair) / "model.pt"
 
 
 def resume_dir(pair: str) -> Path:
@@ -44,5 +54,30 @@ def deviation_dir(pair: str) -> Path:
     return Path("data/deviation") / pair
 
 
+def deviation_maps_file(pair: str, split: str, scale: int) -> Path:
+    """D_s of every image of `split`: (N, C_s, H_s, W_s) as detector.map_dtype."""
+    return deviation_dir(pair) / f"{split}_s{scale}.npy"
+
+
+def pooled_file(pair: str, split: str) -> Path:
+    """The kNN score's pooled features of each test-time view: (N, views, dim)."""
+    return deviation_dir(pair) / f"{split}_pooled.npy"
+
+
+def rotation_file(pair: str, split: str) -> Path:
+    """The rotation score of every image of `split`: (N,)."""
+    return deviation_dir(pair) / f"{split}_rotation.npy"
+
+
 def scores_dir(pair: str) -> Path:
     return Path("data/scores") / pair
+
+
+def scores_file(pair: str) -> Path:
+    """Every score of the test split, the combined parts, the threshold and the top images' heatmaps."""
+    return scores_dir(pair) / "scores.npz"
+
+
+def detector_file(pair: str) -> Path:
+    """The fitted detector, its scale weights and the params it was fitted with."""
+    return scores_dir(pair) / "detector.pt"

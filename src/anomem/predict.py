@@ -43,8 +43,8 @@ class PairScorer:
         root = Path(root)
         self.params, self.runtime, self.pair = params, runtime, pair_id(cls, setting, seed)
         locked = _require_made_with(params, self.pair, root)
-        model_file = root / layout.model_dir(self.pair) / "model.pt"
-        saved = io.load_torch(model_file, f"`dvc repro train_contrastive_memory@{self.pair}`")
+        model_file = root / layout.model_file(self.pair)
+        saved = io.load_torch(model_file, layout.made_by("train_contrastive_memory", self.pair))
         if not locked:
             _require_trained_with(params, saved, model_file, root / "dvc.yaml")
         train_images = io.load_npy(root / layout.images_file("train"), layout.PREPARED_BY, mmap=True)
@@ -52,22 +52,27 @@ class PairScorer:
         split = io.load_npz(root / layout.split_file(cls, setting), layout.PREPARED_BY)
         self.net = _fitting(model_file, lambda: frozen_network(params, saved, train_images[split["train_normal"]], runtime))
 
-        scored_by = f"`dvc repro train_detector@{self.pair}`"
-        detector_file = root / layout.scores_dir(self.pair) / "detector.pt"
+        scored_by = layout.made_by("train_detector", self.pair)
+        detector_file = root / layout.detector_file(self.pair)
         state = io.load_torch(detector_file, scored_by)
+        if not locked:
+            _require_fitted_with(params, state, detector_file, root / "dvc.yaml")
         self.detector = _fitting(
             detector_file,
             lambda: AnomalyDistanceDetector(params.detector, runtime.device, seed=seed, progress=False).load_state_dict(state),
         )
         self.scale_weights = state["scale_weights"]
-        self.parts = tuple(str(p) for p in io.load_npz(root / layout.scores_dir(self.pair) / "scores.npz", scored_by)["combined_parts"])
+        self.parts = tuple(str(p) for p in io.load_npz(root / layout.scores_file(self.pair), scored_by)["combined_parts"])
 
-        folder, made_by = root / layout.deviation_dir(self.pair), f"`dvc repro extract_deviation_maps@{self.pair}`"
-        self._maps = {"val_normal": {s: io.load_npy(folder / f"val_normal_s{s}.npy", made_by) for s in params.memory.scales}}
-        self._pooled = {name: io.load_npy(folder / f"{name}_pooled.npy", made_by) for name in (layout.KNN_BANK, "val_normal")}
-        _require_bank_fits(self._pooled[layout.KNN_BANK], self.net, params, folder / f"{layout.KNN_BANK}_pooled.npy")
+        made_by = layout.made_by("extract_deviation_maps", self.pair)
+        maps = {s: io.load_npy(root / layout.deviation_maps_file(self.pair, "val_normal", s), made_by) for s in params.memory.scales}
+        self._maps = {"val_normal": maps}
+        self._pooled = {name: io.load_npy(root / layout.pooled_file(self.pair, name), made_by) for name in (layout.KNN_BANK, "val_normal")}
+        _require_bank_fits(self._pooled[layout.KNN_BANK], self.net, params, root / layout.pooled_file(self.pair, layout.KNN_BANK))
         self._rotation = (
-            {"val_normal": io.load_npy(folder / "val_normal_rotation.npy", made_by)} if self.net.rotation_head is not None else None
+            {"val_normal": io.load_npy(root / layout.rotation_file(self.pair, "val_normal"), made_by)}
+            if self.net.rotation_head is not None
+            else None
         )
         scorers = split_scorers(self.detector, self.scale_weights, self._maps, self._pooled, self._rotation, params.detector.knn_k)
         self._val_normal = {k: scorers[k]("val_normal") for k in self.parts}
@@ -153,17 +158,32 @@ def _require_made_with(params: Params, pair: str, root: Path) -> bool:
 def _require_trained_with(params: Params, saved: dict, model_file: Path, dvc_yaml: Path) -> None:
     """Where DVC did not run the pair: a ParamsError when the model and memory params that stage 1 reads (per dvc.yaml,
     when the project has one) are not those saved with the network."""
-    read_by_stage_1 = stage_params(dvc_yaml)["train_contrastive_memory"] if dvc_yaml.is_file() else None
     trained = flatten({group: saved.get(f"{group}_params") or {} for group in ("model", "memory")})
-    differ = {
-        k: both
-        for k, both in differing_params(trained, flatten(params.to_dict())).items()
-        if read_by_stage_1 is None or k in read_by_stage_1
-    }
+    read = stage_params(dvc_yaml)["train_contrastive_memory"] if dvc_yaml.is_file() else set(trained)
+    _require_same(trained, read, params, f"{model_file} was trained")
+
+
+def _require_fitted_with(params: Params, state: dict, detector_file: Path, dvc_yaml: Path) -> None:
+    """Where DVC did not run the pair: a ParamsError when the params that extraction and the detector read (per
+    dvc.yaml; without one, the detector group) are not those saved with the detector. Detectors saved before
+    detector.pt recorded its params are not checked beyond the shapes of their weights."""
+    fitted = state.get("params")
+    if fitted is None:
+        return
+    if dvc_yaml.is_file():
+        read_by = stage_params(dvc_yaml)
+        read = read_by["extract_deviation_maps"] | read_by["train_detector"]
+    else:
+        read = {k for k in fitted if k.startswith("detector.")}
+    _require_same(fitted, read, params, f"{detector_file} was fitted")
+
+
+def _require_same(recorded: dict, read: set[str], params: Params, what: str) -> None:
+    differ = {k: both for k, both in differing_params(recorded, flatten(params.to_dict())).items() if k in read}
     if differ:
         raise ParamsError(
-            f"{model_file} was trained with other params than these ({_described(differ)}): score with the params "
-            "file it was trained with (--params), or re-run `dvc repro` with these"
+            f"{what} with other params than these ({_described(differ)}): score with the params "
+            "file it was made with (--params), or re-run `dvc repro` with these"
         )
 
 

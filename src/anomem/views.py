@@ -138,15 +138,24 @@ def extract(
     return Extracted(deviation, pooled, scores)
 
 
-def frozen_network(params: Params, saved: dict, train_normal: np.ndarray, runtime: Runtime) -> AnoMemNet:
-    """The stage-1 network of a saved model.pt, as every scoring pass uses it: with `detector.bn_recompute`, its
-    BatchNorm statistics taken anew from the clean normal training images (uint8 NHWC `train_normal`)."""
+def trained_network(params: Params, saved: dict) -> AnoMemNet:
+    """The stage-1 network of a saved model.pt, with the BatchNorm statistics it was trained with."""
     net = AnoMemNet.from_params(params)
     net.load_state_dict(saved["model"])
+    return net
+
+
+def freeze(net: AnoMemNet, params: Params, train_normal: np.ndarray, runtime: Runtime) -> AnoMemNet:
+    """`net` as every scoring pass uses it: with `detector.bn_recompute`, its BatchNorm statistics taken anew
+    from the clean normal training images (uint8 NHWC `train_normal`)."""
     if params.detector.bn_recompute:
         turned = params.detector.knn_turns or net.rotation_head is not None
         recompute_bn_statistics(net, train_normal, runtime, params.train.eval_batch_size, turns=turned)
     return net
+
+
+def frozen_network(params: Params, saved: dict, train_normal: np.ndarray, runtime: Runtime) -> AnoMemNet:
+    return freeze(trained_network(params, saved), params, train_normal, runtime)
 
 
 def extract_split(
