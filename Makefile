@@ -12,20 +12,22 @@ export ANOMEM_CIFAR10_DIR
 export MLFLOW_DISABLE_TELEMETRY := true
 export PATH := $(abspath $(BIN)):$(PATH)
 
-# A new .venv takes about 6.5 GB (torch with its CUDA libraries): say so before pip fails halfway with ENOSPC.
+# A .venv takes about 6.5 GB (torch with its CUDA libraries): until torch imports from it (a new one, or one that pip
+# left halfway), say so before pip fails with ENOSPC.
 VENV_NEEDS_GB := 7
 define VENV_DISK_CHECK
 import os, shutil, sys
 free = shutil.disk_usage(".").free / 1e9
 if free < $(VENV_NEEDS_GB):
-    sys.exit(f"setup: {free:.1f} GB free on the disk of {os.getcwd()}; a new .venv needs about $(VENV_NEEDS_GB) GB. Free disk and re-run.")
+    sys.exit(f"setup: {free:.1f} GB free on the disk of {os.getcwd()}; .venv needs about $(VENV_NEEDS_GB) GB (torch with its CUDA libraries). Free disk and re-run.")
 endef
 export VENV_DISK_CHECK
 
 .PHONY: setup repro repro-timed bench plain-baseline test test-fast mlflow-ui clean-resume
 
 $(BIN)/.installed: pyproject.toml
-	test -x $(BIN)/python || { $(PYTHON) -c "$$VENV_DISK_CHECK" && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -c 'import torch' 2>/dev/null || $(PYTHON) -c "$$VENV_DISK_CHECK"
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-cache-dir --upgrade pip
 	$(BIN)/pip install --quiet --no-cache-dir -e '.[test]'
 	touch $@

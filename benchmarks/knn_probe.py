@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 from anomem import io, layout
 from anomem.data import to_float
 from anomem.ensemble import combined_score
-from anomem.errors import DataError
 from anomem.knn import knn_score
 from anomem.metrics import score_metrics
 from anomem.model import ROTATIONS, AnoMemNet, rotate
 from anomem.params import Params, load_params, pair_id
 from anomem.runtime import git_commit, make_runtime
+from anomem.views import trained_network
 from benchmarks.common import load_split
 
 OUT = Path("reports/benchmarks/knn_probe.json")
@@ -136,12 +136,8 @@ def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: 
 
 
 def load_model(root: Path, params: Params, pair: str) -> AnoMemNet:
-    path = root / layout.model_file(pair)
-    if not path.exists():
-        raise DataError(f"{path}: missing; run `dvc repro train_contrastive_memory@{pair}` (or `benchmarks.ablate --keep {root}`) first")
-    net = AnoMemNet.from_params(params)
-    net.load_state_dict(io.load_torch(path)["model"])
-    return net
+    made_by = f"{layout.made_by('train_contrastive_memory', pair)} (or `benchmarks.ablate --keep {root}`)"
+    return trained_network(params, io.load_torch(root / layout.model_file(pair), made_by))
 
 
 def markdown(per_class: dict[str, dict[str, dict[str, float]]]) -> str:

@@ -42,7 +42,7 @@ def main() -> None:
 
     with stage_run(params, "extract_deviation_maps", pair, args.seed) as run:
         began = time.perf_counter()
-        freeze(net, params, sources["train_normal"], runtime)
+        net = freeze(net, params, sources["train_normal"], runtime)
         energy = {}
         for name, batch in sources.items():
             got = extract_split(net, batch, params, runtime, desc=name, scored=name in SCORED, bank=name == layout.KNN_BANK)

@@ -76,8 +76,10 @@ def main() -> None:
             threshold=np.float64(np.percentile(val_normal["detector"], 95)),
             **{f"score_{k}": v for k, v in scores.items()}, **heat,
         )  # fmt: skip
-        # The params too, so that `anomem score` can refuse others where no dvc.lock records them.
-        io.save_torch(layout.detector_file(pair), {**detector.state_dict(), "scale_weights": weights, "params": flatten(params.to_dict())})
+        # The params too, so that `anomem score` can refuse others where no dvc.lock records them (not the
+        # grid's experiment group or tracking: they say nothing of this pair's computation).
+        fitted_with = {k: v for k, v in flatten(params.to_dict()).items() if not k.startswith(("experiment.", "tracking."))}
+        io.save_torch(layout.detector_file(pair), {**detector.state_dict(), "scale_weights": weights, "params": fitted_with})
         io.write_json(
             layout.scores_dir(pair) / "history.json",
             {"history": detector.history, "best_epoch": detector.best_epoch},

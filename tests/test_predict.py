@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -120,9 +121,10 @@ def test_images_of_another_size_need_resize(scored_repo, tmp_path):
         ("detector", "channels", 8, r"detector.pt was fitted with other params than these \(detector.channels: 16 there, 8 here\)"),
     ],
 )
-def test_params_other_than_the_training_ones_are_refused_by_name(scored_repo, tmp_path, group, key, value, message):
+def test_params_other_than_the_training_ones_are_refused_by_name(scored_repo, tmp_path, monkeypatch, group, key, value, message):
     """Without dvc.lock, model.pt and detector.pt tell: each holds the params it was made with. knn_k and
-    pick_by_validation change no shape, so only this check can catch them."""
+    pick_by_validation change no shape, so only this check can catch them. All before any pass."""
+    monkeypatch.setattr("anomem.predict.freeze", _no_pass)
     root, _ = scored_repo
     params = yaml.safe_load((root / "params.yaml").read_text())
     params[group][key] = value
@@ -196,16 +198,26 @@ def unrecorded_repo(scored_repo, tmp_path_factory) -> Path:
         ("detector", "knn_turns", False, "holds 4 views of 32 features, but these params make 1 of 32"),
     ],
 )
-def test_params_whose_outputs_do_not_fit_are_refused_before_any_pass(unrecorded_repo, tmp_path, group, key, value, message):
+def test_params_whose_outputs_do_not_fit_are_refused_before_any_pass(unrecorded_repo, tmp_path, monkeypatch, group, key, value, message):
     """Without dvc.lock or recorded params, the files themselves tell: a detector or network of another shape, a kNN
     bank of other views."""
-    params = yaml.safe_load((unrecorded_repo / "params.yaml").read_text())
+    with monkeypatch.context() as before_any_pass:
+        before_any_pass.setattr("anomem.predict.freeze", _no_pass)
+        _refused_in(unrecorded_repo, tmp_path, group, key, value, message)
+    same = load_params(unrecorded_repo / "params.yaml")
+    assert PairScorer(same, CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=unrecorded_repo).parts
+
+
+def _no_pass(*args, **kwargs):
+    raise AssertionError("a pass through the network before the checks")
+
+
+def _refused_in(root: Path, tmp_path: Path, group: str, key: str, value, message: str) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
     params[group][key] = value
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match=message):
-        PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=unrecorded_repo)
-    same = load_params(unrecorded_repo / "params.yaml")
-    assert PairScorer(same, CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=unrecorded_repo).parts
+        PairScorer(load_params(tmp_path / "other.yaml"), CLS, SETTING, SEED, make_runtime("cpu", 1, "fp32"), root=root)
 
 
 def test_only_the_params_stage_1_reads_must_match_the_saved_network(tmp_path):
@@ -229,8 +241,13 @@ def test_only_the_params_extraction_and_the_detector_read_must_match_the_saved_d
     detector_file = tmp_path / "detector.pt"
     _require_fitted_with(params, {"params": {**recorded, "train.lr": 3.0}}, detector_file, REPO / "dvc.yaml")
     _require_fitted_with(params, {}, detector_file, REPO / "dvc.yaml")
-    for key, other in (("detector.knn_k", 9), ("detector.bn_recompute", not params.detector.bn_recompute)):
-        with pytest.raises(ParamsError, match=rf"detector.pt was fitted with other params than these \({key}: {other} there"):
+    # Where the pair ran is not what it computed; a key these params no longer have is not compared.
+    elsewhere = {**recorded, "train.device": "cuda", "train.num_threads": 16, "detector.renamed_since": 1}
+    _require_fitted_with(params, {"params": elsewhere}, detector_file, REPO / "dvc.yaml")
+    _require_fitted_with(params, {"params": elsewhere}, detector_file, tmp_path / "no-dvc.yaml")
+    refused = (("detector.knn_k", 9), ("detector.bn_recompute", not params.detector.bn_recompute), ("memory.deviation_path", "memory"))
+    for key, other in refused:  # memory.deviation_path: read by extraction (per dvc.yaml), outside the detector group
+        with pytest.raises(ParamsError, match=re.escape(f"detector.pt was fitted with other params than these ({key}: {other!r} there")):
             _require_fitted_with(params, {"params": {**recorded, key: other}}, detector_file, REPO / "dvc.yaml")
 
 

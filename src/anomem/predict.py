@@ -23,11 +23,12 @@ from anomem.errors import DataError, ParamsError
 from anomem.params import Params, flatten, pair_id
 from anomem.pipeline import PAIR_STAGES, changed_outputs, differing_params, locked_params, stage_params
 from anomem.runtime import Runtime
-from anomem.views import Extracted, extract_split, frozen_network, knn_feature_dim, scoring_views
+from anomem.views import Extracted, extract_split, freeze, knn_feature_dim, scoring_views, trained_network
 
 FLAG_PERCENTILE = 95.0  # `anomalous` by default: combined above this percentile of the normal validation images' (5 % false alarms there)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NEW = "new"  # the split name the scored images take beside the stored ones
+MACHINE_KEYS = frozenset({"train.device", "train.num_threads"})  # where a pair runs, not what it computes: never compared
 WIDE_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer", "F": "32-bit float"}  # PIL modes
 
 
@@ -42,21 +43,17 @@ class PairScorer:
     def __init__(self, params: Params, cls: int, setting: str, seed: int, runtime: Runtime, root: str | Path = "."):
         root = Path(root)
         self.params, self.runtime, self.pair = params, runtime, pair_id(cls, setting, seed)
+        # Every check comes before the first pass through the network (the BatchNorm recompute, last).
         locked = _require_made_with(params, self.pair, root)
         model_file = root / layout.model_file(self.pair)
         saved = io.load_torch(model_file, layout.made_by("train_contrastive_memory", self.pair))
-        if not locked:
-            _require_trained_with(params, saved, model_file, root / "dvc.yaml")
-        train_images = io.load_npy(root / layout.images_file("train"), layout.PREPARED_BY, mmap=True)
-        self.image_shape = tuple(train_images.shape[1:])
-        split = io.load_npz(root / layout.split_file(cls, setting), layout.PREPARED_BY)
-        self.net = _fitting(model_file, lambda: frozen_network(params, saved, train_images[split["train_normal"]], runtime))
-
         scored_by = layout.made_by("train_detector", self.pair)
         detector_file = root / layout.detector_file(self.pair)
         state = io.load_torch(detector_file, scored_by)
         if not locked:
+            _require_trained_with(params, saved, model_file, root / "dvc.yaml")
             _require_fitted_with(params, state, detector_file, root / "dvc.yaml")
+        net = _fitting(model_file, lambda: trained_network(params, saved))
         self.detector = _fitting(
             detector_file,
             lambda: AnomalyDistanceDetector(params.detector, runtime.device, seed=seed, progress=False).load_state_dict(state),
@@ -68,15 +65,20 @@ class PairScorer:
         maps = {s: io.load_npy(root / layout.deviation_maps_file(self.pair, "val_normal", s), made_by) for s in params.memory.scales}
         self._maps = {"val_normal": maps}
         self._pooled = {name: io.load_npy(root / layout.pooled_file(self.pair, name), made_by) for name in (layout.KNN_BANK, "val_normal")}
-        _require_bank_fits(self._pooled[layout.KNN_BANK], self.net, params, root / layout.pooled_file(self.pair, layout.KNN_BANK))
+        _require_bank_fits(self._pooled[layout.KNN_BANK], net, params, root / layout.pooled_file(self.pair, layout.KNN_BANK))
         self._rotation = (
             {"val_normal": io.load_npy(root / layout.rotation_file(self.pair, "val_normal"), made_by)}
-            if self.net.rotation_head is not None
+            if net.rotation_head is not None
             else None
         )
         scorers = split_scorers(self.detector, self.scale_weights, self._maps, self._pooled, self._rotation, params.detector.knn_k)
         self._val_normal = {k: scorers[k]("val_normal") for k in self.parts}
         self.val_normal_combined = combined_score({k: (v, v) for k, v in self._val_normal.items()})
+
+        train_images = io.load_npy(root / layout.images_file("train"), layout.PREPARED_BY, mmap=True)
+        self.image_shape = tuple(train_images.shape[1:])
+        split = io.load_npz(root / layout.split_file(cls, setting), layout.PREPARED_BY)
+        self.net = freeze(net, params, train_images[split["train_normal"]], runtime)
 
     def threshold(self, percentile: float = FLAG_PERCENTILE) -> float:
         """The combined score above which an image is flagged: about (100 - percentile) % of normal images are."""
@@ -140,7 +142,7 @@ def _require_made_with(params: Params, pair: str, root: Path) -> bool:
     if not all(stage in locked for stage in stages):
         return False
     now = flatten(params.to_dict())
-    differ = {k: both for stage in stages for k, both in differing_params(locked[stage], now).items()}
+    differ = {k: both for stage in stages for k, both in differing_params(locked[stage], now).items() if k not in MACHINE_KEYS}
     if differ:
         raise ParamsError(
             f"{lock} records other params for {pair}'s outputs than these ({_described(differ)}): "
@@ -165,7 +167,7 @@ def _require_trained_with(params: Params, saved: dict, model_file: Path, dvc_yam
 
 def _require_fitted_with(params: Params, state: dict, detector_file: Path, dvc_yaml: Path) -> None:
     """Where DVC did not run the pair: a ParamsError when the params that extraction and the detector read (per
-    dvc.yaml; without one, the detector group) are not those saved with the detector. Detectors saved before
+    dvc.yaml; without one, as in `benchmarks.ablate --keep` folders, the detector group) are not those saved with the detector. Detectors saved before
     detector.pt recorded its params are not checked beyond the shapes of their weights."""
     fitted = state.get("params")
     if fitted is None:
@@ -179,11 +181,14 @@ def _require_fitted_with(params: Params, state: dict, detector_file: Path, dvc_y
 
 
 def _require_same(recorded: dict, read: set[str], params: Params, what: str) -> None:
-    differ = {k: both for k, both in differing_params(recorded, flatten(params.to_dict())).items() if k in read}
+    """Compare the recorded values of the keys in `read` that these params still have (never MACHINE_KEYS)."""
+    now = flatten(params.to_dict())
+    compared = read.intersection(now) - MACHINE_KEYS
+    differ = {k: both for k, both in differing_params(recorded, now).items() if k in compared}
     if differ:
         raise ParamsError(
-            f"{what} with other params than these ({_described(differ)}): score with the params "
-            "file it was made with (--params), or re-run `dvc repro` with these"
+            f"{what} with other params than these ({_described(differ)}): score with the params file it was made "
+            "with (--params), or re-run the pipeline with these (`dvc repro`, or `benchmarks.ablate --keep`)"
         )
 
 

@@ -154,10 +154,6 @@ def freeze(net: AnoMemNet, params: Params, train_normal: np.ndarray, runtime: Ru
     return net
 
 
-def frozen_network(params: Params, saved: dict, train_normal: np.ndarray, runtime: Runtime) -> AnoMemNet:
-    return freeze(trained_network(params, saved), params, train_normal, runtime)
-
-
 def extract_split(
     net: AnoMemNet, images: np.ndarray, params: Params, runtime: Runtime, desc: str, scored: bool, bank: bool = False
 ) -> Extracted:
