@@ -142,7 +142,7 @@ def _require_made_with(params: Params, pair: str, root: Path) -> bool:
     if not all(stage in locked for stage in stages):
         return False
     now = flatten(params.to_dict())
-    differ = {k: both for stage in stages for k, both in differing_params(locked[stage], now).items() if k not in MACHINE_KEYS}
+    differ = {k: both for stage in stages for k, both in _differing(locked[stage], now).items()}
     if differ:
         raise ParamsError(
             f"{lock} records other params for {pair}'s outputs than these ({_described(differ)}): "
@@ -167,8 +167,8 @@ def _require_trained_with(params: Params, saved: dict, model_file: Path, dvc_yam
 
 def _require_fitted_with(params: Params, state: dict, detector_file: Path, dvc_yaml: Path) -> None:
     """Where DVC did not run the pair: a ParamsError when the params that extraction and the detector read (per
-    dvc.yaml; without one, as in `benchmarks.ablate --keep` folders, the detector group) are not those saved with the detector. Detectors saved before
-    detector.pt recorded its params are not checked beyond the shapes of their weights."""
+    dvc.yaml; without one, as in `benchmarks.ablate --keep` folders, the detector group) are not those saved with
+    the detector. Detectors saved before detector.pt recorded its params are checked only by their shapes."""
     fitted = state.get("params")
     if fitted is None:
         return
@@ -181,15 +181,19 @@ def _require_fitted_with(params: Params, state: dict, detector_file: Path, dvc_y
 
 
 def _require_same(recorded: dict, read: set[str], params: Params, what: str) -> None:
-    """Compare the recorded values of the keys in `read` that these params still have (never MACHINE_KEYS)."""
+    """Compare the recorded values of the keys in `read` that these params still have."""
     now = flatten(params.to_dict())
-    compared = read.intersection(now) - MACHINE_KEYS
-    differ = {k: both for k, both in differing_params(recorded, now).items() if k in compared}
+    differ = {k: both for k, both in _differing(recorded, now).items() if k in read and k in now}
     if differ:
         raise ParamsError(
             f"{what} with other params than these ({_described(differ)}): score with the params file it was made "
             "with (--params), or re-run the pipeline with these (`dvc repro`, or `benchmarks.ablate --keep`)"
         )
+
+
+def _differing(recorded: dict, now: dict) -> dict[str, tuple]:
+    """pipeline.differing_params without MACHINE_KEYS: the one comparison both records (dvc.lock, saved files) go through."""
+    return {k: both for k, both in differing_params(recorded, now).items() if k not in MACHINE_KEYS}
 
 
 def _described(differ: dict[str, tuple]) -> str:
