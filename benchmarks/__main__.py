@@ -59,8 +59,8 @@ def step_rates(params: Params, images: torch.Tensor, rotation: float, rounds: in
     the process's warm-up land on the first variant and hid half of the memory's overhead.
     """
     steps = {
-        "plain": variant(params, memory_enabled=False, rotation_weight=0.0),
-        "memory": variant(params, memory_enabled=True, rotation_weight=0.0),
+        "plain": variant(params, memory_enabled=False, rotation_weight=0.0, shifted_instances=1),
+        "memory": variant(params, memory_enabled=True, rotation_weight=0.0, shifted_instances=1),
         "memory_rotation": variant(params, memory_enabled=True, rotation_weight=rotation),
     }
     step_throughput(steps["memory_rotation"], images[: params.train.batch_size * 2], epochs=2)

@@ -22,13 +22,21 @@ def load_class_images(params: Params, cls: int) -> np.ndarray:
     return np.ascontiguousarray(io.load_npy(layout.images_file("train"), layout.PREPARED_BY, mmap=True)[split["train_normal"]])
 
 
-def variant(params: Params, memory_enabled: bool | None = None, rotation_weight: float | None = None, epochs: int | None = None) -> Params:
-    """params with the memory switched, the rotation weight or the epochs replaced."""
+def variant(
+    params: Params,
+    memory_enabled: bool | None = None,
+    rotation_weight: float | None = None,
+    epochs: int | None = None,
+    shifted_instances: int | None = None,
+) -> Params:
+    """params with the memory switched, the rotation weight, the shifted instances or the epochs replaced."""
     memory, contrastive, train = params.memory, params.contrastive, params.train
     if memory_enabled is not None:
         memory = memory.model_copy(update={"enabled": memory_enabled})
     if rotation_weight is not None:
         contrastive = contrastive.model_copy(update={"rotation_weight": rotation_weight})
+    if shifted_instances is not None:
+        contrastive = contrastive.model_copy(update={"shifted_instances": shifted_instances})
     if epochs is not None:
         train = train.model_copy(update={"epochs": epochs})
     return params.model_copy(update={"memory": memory, "contrastive": contrastive, "train": train})

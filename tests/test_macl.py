@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import anomem.macl as macl
-from anomem.model import AnoMemNet
+from anomem.model import AnoMemNet, rotate
 from anomem.params import parse_params
 from anomem.runtime import make_runtime, seed_everything
 
@@ -175,6 +175,57 @@ def test_rotation_head_learns_to_name_the_turn():
     )
     # Chance is log 4 = 1.386; a head that names the turn goes far below it (0.05 to 0.12 over seeds 0-2 here).
     assert last["loss_rotation"] < 0.5 < first["loss_rotation"], [round(h["loss_rotation"], 3) for h in history]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_distinct_turns_gives_each_image_k_different_quarter_turns(k):
+    turns = macl.distinct_turns(500, k, torch.Generator().manual_seed(0)).view(500, k)
+    assert turns.min() >= 0 and turns.max() <= 3
+    assert all(len(set(row.tolist())) == k for row in turns)
+    assert set(turns[:, 0].tolist()) == {0, 1, 2, 3}  # each turn drawn, not a fixed order
+
+
+def _shifted_params(k: int, epochs: int, batch_size: int = 100):
+    p = _variant_params(memory_enabled=False, epochs=epochs)
+    return p.model_copy(
+        update={
+            "contrastive": p.contrastive.model_copy(update={"shifted_instances": k}),
+            "train": p.train.model_copy(update={"batch_size": batch_size, "lr": 0.05}),
+        }
+    )
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_shifted_instances_keep_the_step_size_and_take_k_times_the_steps(k):
+    p = _shifted_params(k, epochs=2, batch_size=20)
+    checkpoints = []
+    net = AnoMemNet.from_params(p)
+    history = macl.train_macl(net, _upright_images(40, 0), None, p, RUNTIME, 0, progress=False, save_checkpoint=checkpoints.append)
+    assert checkpoints[0]["scheduler"]["last_epoch"] == 2 * k  # 40 images, 20 / k of them a step
+    assert all(math.isfinite(h["loss"]) for h in history)
+
+
+def _cosine_to_turned(net: AnoMemNet, images: torch.Tensor) -> float:
+    net.eval()
+    x = images.float().permute(0, 3, 1, 2) / 255
+    with torch.no_grad():
+        upright = net.project(net.pooled(net.features(x)))
+        turned = net.project(net.pooled(net.features(rotate(x, torch.full((x.shape[0],), 2)))))
+    return float(torch.nn.functional.cosine_similarity(upright, turned).mean())
+
+
+def test_shifted_instances_push_an_image_away_from_its_own_turn():
+    # With K = 4 every other turn of an image is a negative of it, so its upright and upside-down projections part;
+    # with K = 1 (no turns) nothing asks for that. Synthetic images whose "up" is plain, as for the rotation head.
+    images = _upright_images(400, seed=0)
+    held_out = _upright_images(100, seed=1)
+    cosines = {}
+    for k in (1, 4):
+        seed_everything(0)
+        net = AnoMemNet.from_params(_shifted_params(k, epochs=3))
+        macl.train_macl(net, images, None, _shifted_params(k, epochs=3), RUNTIME, 0, progress=False)
+        cosines[k] = _cosine_to_turned(net, held_out)
+    assert cosines[4] < cosines[1] - 0.5, cosines  # measured: 1.00 against -0.44
 
 
 def test_rotation_weight_without_a_head_is_refused(cifar_train_slice):

@@ -22,7 +22,7 @@ from anomem.params import DetectorParams, parse_params
 from anomem.views import require_storable
 from conftest import REPO
 
-TURNS_OFF = {"contrastive": {"rotation_weight": 0.0}, "detector": {"knn_turns": False, "shifted_negatives": False}}
+TURNS_OFF = {"contrastive": {"rotation_weight": 0.0, "shifted_instances": 1}, "detector": {"knn_turns": False, "shifted_negatives": False}}
 
 
 def _params(overrides: dict | None = None):
@@ -41,6 +41,12 @@ def test_non_square_images_name_every_param_that_turns_them():
         assert key in msg
     # unbalanced pairs never use turned normals, so that param is not blamed there
     assert "shifted_negatives=true" not in " ".join(quarter_turn_users(_params(), ["unbalanced"]))
+
+
+def test_shifted_instances_alone_still_turn_images():
+    only_shifted = {**TURNS_OFF, "contrastive": {"rotation_weight": 0.0, "shifted_instances": 2}}
+    with pytest.raises(DataError, match="contrastive.shifted_instances=2"):
+        require_square_for_turns((24, 32), _params(only_shifted), ["one_class"])
 
 
 def test_square_images_or_no_turns_pass():

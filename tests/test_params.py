@@ -152,6 +152,11 @@ BAD_VALUES = {
         {"contrastive": {"rotation_weight": 0.0}, "detector": {"combine": ["rotation"]}},
         ["detector.combine = [rotation]", "rotation_weight = 0"],
     ),
+    "batch not a multiple of the shifted instances": (
+        {"contrastive": {"shifted_instances": 3}, "train": {"batch_size": 256}},
+        ["train.batch_size = 256", "contrastive.shifted_instances = 3", "multiple"],
+    ),
+    "more shifted instances than turns": ({"contrastive": {"shifted_instances": 5}}, ["contrastive.shifted_instances = 5", "4"]),
     "wrong type": ({"train": {"epochs": "ten"}}, ["train.epochs = 'ten'", "integer"]),
     "group not a mapping": ({"memory": 5}, ["memory = 5"]),
     "hue above 0.5": ({"contrastive": {"color_jitter": [0.4, 0.4, 0.4, 0.9]}}, ["contrastive.color_jitter", "hue <= 0.5"]),

@@ -181,6 +181,8 @@ def quarter_turn_users(params: Params, settings: tuple[str, ...] | list[str]) ->
     users = []
     if params.contrastive.rotation_weight > 0:
         users.append(f"contrastive.rotation_weight={params.contrastive.rotation_weight:g} (the rotation head)")
+    if params.contrastive.shifted_instances > 1:
+        users.append(f"contrastive.shifted_instances={params.contrastive.shifted_instances} (turned images as negatives)")
     if params.detector.knn_turns:
         users.append("detector.knn_turns=true (the kNN score over four turns)")
     if any(uses_shifted_negatives(params, s) for s in settings):
@@ -195,7 +197,7 @@ def require_square_for_turns(image_hw: tuple[int, ...], params: Params, settings
     if h != w and users:
         raise DataError(
             f"the images are {h}x{w} pixels, not square, and a quarter turn would make them {w}x{h}; these params turn them: "
-            f"{'; '.join(users)}. Switch them off (contrastive.rotation_weight: 0, detector.knn_turns: false, "
+            f"{'; '.join(users)}. Switch them off (contrastive.rotation_weight: 0, contrastive.shifted_instances: 1, detector.knn_turns: false, "
             "detector.shifted_negatives: false) or crop the images to a square"
         )
 

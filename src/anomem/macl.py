@@ -74,14 +74,18 @@ def train_macl(
     Known anomalies (unbalanced setting) take only the plain path and serve as extra negatives
     (unless `train.known_negatives` is false, when stage 1 ignores them).
     With `contrastive.rotation_weight` > 0, both views of an image are turned by the same random quarter
-    turn (after augmentation) and the rotation head learns to name it. Without memories
+    turn (after augmentation) and the rotation head learns to name it. With `contrastive.shifted_instances`
+    K > 1 (CSI's shifted instances), each step takes batch_size / K images, each under K distinct random
+    quarter turns, and every turned copy is its own instance: the same image under another turn is a
+    negative. An epoch then takes K times the steps. Without memories
     (`memory.enabled: false`) the loss is the plain NT-Xent alone: the SimCLR baseline.
     Returns the per-epoch logs.
     """
     t, c = params.train, params.contrastive
     device = runtime.device
-    batch = min(t.batch_size, normal_images.shape[0])
-    steps_per_epoch = normal_images.shape[0] // batch
+    shifts = c.shifted_instances
+    images_per_step = min(t.batch_size // shifts, normal_images.shape[0])
+    steps_per_epoch = normal_images.shape[0] // images_per_step
     views = ContrastiveViews(
         tuple(normal_images.shape[1:3]),
         c.crop_min_scale,
@@ -94,6 +98,7 @@ def train_macl(
     order = torch.Generator().manual_seed(seed)
     health_x = to_float(normal_images[:_HEALTH_BATCH]).to(device, memory_format=runtime.memory_format())
     rotating = c.rotation_weight > 0
+    turning = rotating or shifts > 1
     if rotating and net.rotation_head is None:
         raise ValueError("contrastive.rotation_weight > 0 needs AnoMemNet(..., rotation_head=True)")
     if not t.known_negatives or known_images is None or not known_images.shape[0]:
@@ -117,7 +122,7 @@ def train_macl(
             net.set_input_stats(*channel_stats(normal_images))
         if not all(bool(net.memory(s).initialized) for s in net.scales):
             net.eval()
-            first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:batch]]
+            first = normal_images[torch.randperm(normal_images.shape[0], generator=order)[:images_per_step]]
             with runtime.autocast():
                 net.init_memories(
                     to_float(first).to(device, memory_format=runtime.memory_format()),
@@ -138,11 +143,15 @@ def train_macl(
         sums: dict[str, float] = {}
         began = time.perf_counter()
         for step in range(steps_per_epoch):
-            x = to_float(normal_images[perm[step * batch : (step + 1) * batch]]).to(device)
+            x = to_float(normal_images[perm[step * images_per_step : (step + 1) * images_per_step]]).to(device)
+            if shifts > 1:
+                turns = distinct_turns(x.shape[0], shifts, order)
+                x = x.repeat_interleave(shifts, dim=0)
+            elif turning:
+                turns = torch.randint(0, ROTATIONS, (x.shape[0],), generator=order)
             n = x.shape[0]
             stacks = [views(x), views(x)]
-            if rotating:
-                turns = torch.randint(0, ROTATIONS, (n,), generator=order)
+            if turning:
                 stacks = [rotate(v, turns) for v in stacks]
             if known_draws is not None:
                 xa = to_float(known_images[known_draws.next()]).to(device)
@@ -193,7 +202,7 @@ def train_macl(
             epoch=epoch,
             lr=scheduler.get_last_lr()[0],
             epoch_seconds=seconds,
-            images_per_second=steps_per_epoch * batch / seconds,
+            images_per_second=steps_per_epoch * images_per_step * shifts / seconds,
         )
         log.update(memory_health(net, health_x, runtime))
         history.append(log)
@@ -215,6 +224,11 @@ def train_macl(
             )
     bar.close()
     return history
+
+
+def distinct_turns(n_images: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k distinct random quarter turns for each of n_images, image by image: shape (n_images * k,)."""
+    return torch.argsort(torch.rand(n_images, ROTATIONS, generator=generator), dim=1)[:, :k].flatten()
 
 
 @torch.no_grad()

@@ -159,6 +159,8 @@ class ContrastiveParams(_Group):
     temperature: float = Field(0.2, gt=0.0, le=10.0)
     plain_weight: float = Field(1.0, ge=0.0)
     rotation_weight: float = Field(1.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
+    # CSI's shifted instances: each step's images under this many distinct quarter turns, each turn its own instance.
+    shifted_instances: int = Field(1, ge=1, le=4)
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
     color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
@@ -291,6 +293,11 @@ class Params(_Group):
             )
         if self.contrastive.rotation_weight == 0 and self.detector.combine == ["rotation"]:
             raise ValueError("detector.combine = [rotation] sums nothing: contrastive.rotation_weight = 0 trains no rotation head")
+        if self.train.batch_size % self.contrastive.shifted_instances:
+            raise ValueError(
+                f"train.batch_size = {self.train.batch_size} counts instances, and contrastive.shifted_instances = "
+                f"{self.contrastive.shifted_instances} turns of each image must fill it: make the batch a multiple of it"
+            )
         if "unbalanced" in self.experiment.settings and self.data.ratio_known_outlier == 0:
             raise ValueError("data.ratio_known_outlier = 0 leaves the unbalanced setting without known anomalies")
         return self
