@@ -32,7 +32,7 @@ from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
 from anomem.params import ARCH_STAGES, Params, load_params
 from anomem.runtime import environment, git_commit
-from benchmarks.common import load_class_images, step_throughput, variant
+from benchmarks.common import load_class_images, plain_simclr, step_throughput, variant
 
 REPORTS = Path("reports")
 GRID = REPORTS / "benchmarks" / "grid.json"
@@ -59,7 +59,7 @@ def step_rates(params: Params, images: torch.Tensor, rotation: float, rounds: in
     the process's warm-up land on the first variant and hid half of the memory's overhead.
     """
     steps = {
-        "plain": variant(params, memory_enabled=False, rotation_weight=0.0, shifted_instances=1),
+        "plain": plain_simclr(params),
         "memory": variant(params, memory_enabled=True, rotation_weight=0.0, shifted_instances=1),
         "memory_rotation": variant(params, memory_enabled=True, rotation_weight=rotation),
     }

@@ -30,16 +30,21 @@ def variant(
     shifted_instances: int | None = None,
 ) -> Params:
     """params with the memory switched, the rotation weight, the shifted instances or the epochs replaced."""
-    memory, contrastive, train = params.memory, params.contrastive, params.train
-    if memory_enabled is not None:
-        memory = memory.model_copy(update={"enabled": memory_enabled})
-    if rotation_weight is not None:
-        contrastive = contrastive.model_copy(update={"rotation_weight": rotation_weight})
-    if shifted_instances is not None:
-        contrastive = contrastive.model_copy(update={"shifted_instances": shifted_instances})
-    if epochs is not None:
-        train = train.model_copy(update={"epochs": epochs})
-    return params.model_copy(update={"memory": memory, "contrastive": contrastive, "train": train})
+    def replaced(group, **values):
+        return group.model_copy(update={k: v for k, v in values.items() if v is not None})
+
+    return params.model_copy(
+        update={
+            "memory": replaced(params.memory, enabled=memory_enabled),
+            "contrastive": replaced(params.contrastive, rotation_weight=rotation_weight, shifted_instances=shifted_instances),
+            "train": replaced(params.train, epochs=epochs),
+        }
+    )
+
+
+def plain_simclr(params: Params, epochs: int | None = None) -> Params:
+    """The plain SimCLR baseline of params: no memories, no rotation head, no turned instances."""
+    return variant(params, memory_enabled=False, rotation_weight=0.0, shifted_instances=1, epochs=epochs)
 
 
 def step_throughput(params: Params, images: torch.Tensor, epochs: int = 4) -> dict:

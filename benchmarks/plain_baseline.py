@@ -30,7 +30,7 @@ from anomem.model import AnoMemNet
 from anomem.params import Params, load_params
 from anomem.runtime import git_commit, make_runtime, seed_everything
 from anomem.views import IMAGE_AS_IS, extract, scoring_views
-from benchmarks.common import load_class_images, load_split, step_throughput, variant
+from benchmarks.common import load_class_images, load_split, plain_simclr, step_throughput
 
 OUT = Path("reports/benchmarks/plain_baseline.json")
 
@@ -38,7 +38,7 @@ OUT = Path("reports/benchmarks/plain_baseline.json")
 def matched_epochs(params: Params, images: torch.Tensor) -> dict:
     """Plain epochs that take as long as the default profile's stage 1, from both steps timed on `images`."""
     default = step_throughput(params, images)["epoch_seconds"]
-    plain = step_throughput(variant(params, memory_enabled=False, rotation_weight=0.0, shifted_instances=1), images)["epoch_seconds"]
+    plain = step_throughput(plain_simclr(params), images)["epoch_seconds"]
     return {
         "default_epoch_seconds": default,
         "plain_epoch_seconds": plain,
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             f"time-matched: {params.train.epochs} default epochs x {timing['default_epoch_seconds']:.1f} s / "
             f"{timing['plain_epoch_seconds']:.1f} s per plain epoch ({timing['probe_images']} images) -> {epochs} plain epochs"
         )
-    plain = variant(params, memory_enabled=False, rotation_weight=0.0, shifted_instances=1, epochs=epochs)
+    plain = plain_simclr(params, epochs)
 
     views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
     scales = tuple(params.detector.knn_scales)
