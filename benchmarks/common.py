@@ -30,6 +30,7 @@ def variant(
     shifted_instances: int | None = None,
 ) -> Params:
     """params with the memory switched, the rotation weight, the shifted instances or the epochs replaced."""
+
     def replaced(group, **values):
         return group.model_copy(update={k: v for k, v in values.items() if v is not None})
 
