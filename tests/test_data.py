@@ -13,7 +13,7 @@ import torch
 
 from anomem.data import ContrastiveViews, ImageSet, load_from_folder, make_split, quarter_turned, read_npz, to_float
 from anomem.errors import DataError
-from anomem.params import DataParams
+from anomem.params import DataParams, parse_params
 
 CIFAR = DataParams()
 
@@ -445,6 +445,14 @@ def test_contrastive_views_other_size():
     x = torch.rand(3, 3, 24, 20)
     v = ContrastiveViews((24, 20), 0.5, [0.4, 0.4, 0.4, 0.1], 1.0, 0.5)(x)
     assert v.shape == (3, 3, 24, 20)
+
+
+@pytest.mark.parametrize("view_size, expected_hw", [(0, (24, 20)), (16, (16, 16)), (40, (40, 40))])
+def test_contrastive_views_from_params_take_view_size(view_size, expected_hw):
+    torch.manual_seed(0)
+    c = parse_params({"contrastive": {"view_size": view_size}}).contrastive
+    v = ContrastiveViews.from_params(c, (24, 20))(torch.rand(3, 3, 24, 20))
+    assert v.shape == (3, 3, *expected_hw)
 
 
 def test_to_float_numpy(cifar_train_slice):

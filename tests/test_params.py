@@ -157,6 +157,8 @@ BAD_VALUES = {
         ["train.batch_size = 256", "contrastive.shifted_instances = 3", "multiple"],
     ),
     "more shifted instances than turns": ({"contrastive": {"shifted_instances": 5}}, ["contrastive.shifted_instances = 5", "4"]),
+    "views too small for the encoder": ({"contrastive": {"view_size": 2}}, ["contrastive.view_size = 2", "resnet20", "at least 4"]),
+    "negative view size": ({"contrastive": {"view_size": -16}}, ["contrastive.view_size = -16", "greater than or equal to 0"]),
     "wrong type": ({"train": {"epochs": "ten"}}, ["train.epochs = 'ten'", "integer"]),
     "group not a mapping": ({"memory": 5}, ["memory = 5"]),
     "hue above 0.5": ({"contrastive": {"color_jitter": [0.4, 0.4, 0.4, 0.9]}}, ["contrastive.color_jitter", "hue <= 0.5"]),
@@ -176,6 +178,11 @@ def test_scale_4_allowed_with_resnet18():
     assert p.memory.scales == [4]
     msg = _error({"model": {"arch": "resnet18"}, "memory": {"scales": [5]}})
     assert "1..4" in msg
+
+
+def test_smallest_view_size_follows_the_arch():
+    assert parse_params({"contrastive": {"view_size": 4}}).contrastive.view_size == 4  # resnet20: 4 -> 2 -> 1 pixel
+    assert "at least 8" in _error({"model": {"arch": "resnet18"}, "memory": {"scales": [2, 3]}, "contrastive": {"view_size": 4}})
 
 
 def test_zero_ratio_is_fine_for_one_class():

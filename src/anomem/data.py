@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from anomem.errors import DataError
-from anomem.params import SETTINGS, DataParams, Params, uses_shifted_negatives
+from anomem.params import SETTINGS, ContrastiveParams, DataParams, Params, uses_shifted_negatives
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class ContrastiveViews(nn.Module):
 
     def __init__(
         self,
-        image_hw: tuple[int, int],
+        view_hw: tuple[int, int],
         crop_min_scale: float,
         color_jitter: list[float],
         jitter_p: float,
@@ -252,11 +252,17 @@ class ContrastiveViews(nn.Module):
         import kornia.augmentation as K
 
         self.augment = nn.Sequential(
-            K.RandomResizedCrop(tuple(image_hw), scale=(crop_min_scale, 1.0)),
+            K.RandomResizedCrop(tuple(view_hw), scale=(crop_min_scale, 1.0)),
             K.RandomHorizontalFlip(),
             K.ColorJitter(*color_jitter, p=jitter_p),
             K.RandomGrayscale(p=grayscale_p),
         )
+
+    @classmethod
+    def from_params(cls, c: ContrastiveParams, image_hw: tuple[int, ...]) -> ContrastiveViews:
+        """The views `contrastive` asks for, of images image_hw in size: square views of side `view_size` when it is set."""
+        view_hw = (c.view_size, c.view_size) if c.view_size else tuple(image_hw)
+        return cls(view_hw, c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -161,6 +161,8 @@ class ContrastiveParams(_Group):
     rotation_weight: float = Field(1.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
     # CSI's shifted instances: each step's images under this many distinct quarter turns, each turn its own instance.
     shifted_instances: int = Field(1, ge=1, le=4)
+    # Side of the square training views (the crop's output size); 0 = the images' own size. Scoring always sees full images.
+    view_size: int = Field(0, ge=0)
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
     color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
@@ -293,6 +295,12 @@ class Params(_Group):
             )
         if self.contrastive.rotation_weight == 0 and self.detector.combine == ["rotation"]:
             raise ValueError("detector.combine = [rotation] sums nothing: contrastive.rotation_weight = 0 trains no rotation head")
+        halvings = n_stages - 1  # every stage after the first halves the map
+        if 0 < self.contrastive.view_size < 2**halvings:
+            raise ValueError(
+                f"contrastive.view_size = {self.contrastive.view_size}: {self.model.arch} halves its input {halvings} times, so views "
+                f"under {2**halvings} pixels leave its last stage no map; use 0 (the images' own size) or at least {2**halvings}"
+            )
         if self.train.batch_size % self.contrastive.shifted_instances:
             raise ValueError(
                 f"train.batch_size = {self.train.batch_size} counts instances, and contrastive.shifted_instances = "
