@@ -42,8 +42,7 @@ MEMORY_BUDGET = 0.20  # the issue's target: memory and data pipeline cost at mos
 
 def augmentation_throughput(params: Params, images: torch.Tensor, repeats: int = 5) -> float:
     """Views per second of the kornia pipeline on whole batches (two views per image in training)."""
-    c = params.contrastive
-    views = ContrastiveViews(tuple(images.shape[1:3]), c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p)
+    views = ContrastiveViews.from_params(params, images.shape[1:3])
     batch = to_float(images[: params.train.batch_size])
     views(batch)
     began = time.perf_counter()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from anomem import io, layout
-from anomem.data import download_cifar10, load_from_folder, make_split, require_square_for_turns
+from anomem.data import download_cifar10, load_from_folder, make_split, require_square_for_turns, training_view_hw
 from anomem.errors import DataError, run_cli
 from anomem.params import load_params
 from anomem.stagekit import stage_arguments
@@ -26,6 +26,7 @@ def main() -> None:
             f"data.dataset = {params.data.dataset!r}: set ANOMEM_DATA_DIR to the folder with {params.data.dataset}_train.npz and {params.data.dataset}_test.npz"
         )
     require_square_for_turns(train.images.shape[1:3], params, params.experiment.settings)
+    training_view_hw(train.images.shape[1:3], params)
     # Every split is drawn before anything is written: a class too small for its split fails here.
     splits = {
         (c, s): make_split(train.labels, test.labels, c, s, params.data)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from anomem import io, layout
-from anomem.data import require_square_for_turns
+from anomem.data import require_square_for_turns, training_view_hw
 from anomem.errors import DataError, run_cli
 from anomem.macl import train_macl
 from anomem.model import AnoMemNet
@@ -44,6 +44,7 @@ def main() -> None:
     split = io.load_npz(layout.split_file(args.cls, args.setting), layout.PREPARED_BY)
     train_images = io.load_npy(layout.images_file("train"), layout.PREPARED_BY, mmap=True)
     require_square_for_turns(train_images.shape[1:3], params, [args.setting])
+    training_view_hw(train_images.shape[1:3], params)
     normal = torch.from_numpy(np.ascontiguousarray(train_images[split["train_normal"]]))
     known = torch.from_numpy(np.ascontiguousarray(train_images[split["train_known"]])) if split["train_known"].size else None
 

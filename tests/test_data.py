@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from anomem.data import ContrastiveViews, ImageSet, load_from_folder, make_split, quarter_turned, read_npz, to_float
+from anomem.data import ContrastiveViews, ImageSet, load_from_folder, make_split, quarter_turned, read_npz, to_float, training_view_hw
 from anomem.errors import DataError
-from anomem.params import DataParams
+from anomem.params import DataParams, parse_params
 
 CIFAR = DataParams()
 
@@ -445,6 +445,27 @@ def test_contrastive_views_other_size():
     x = torch.rand(3, 3, 24, 20)
     v = ContrastiveViews((24, 20), 0.5, [0.4, 0.4, 0.4, 0.1], 1.0, 0.5)(x)
     assert v.shape == (3, 3, 24, 20)
+
+
+@pytest.mark.parametrize("view_scale, expected_hw", [(1.0, (24, 20)), (0.5, (12, 10)), (0.3, (7, 6))])
+def test_contrastive_views_from_params_take_view_scale(view_scale, expected_hw):
+    torch.manual_seed(0)
+    params = parse_params({"contrastive": {"view_scale": view_scale}})
+    v = ContrastiveViews.from_params(params, (24, 20))(torch.rand(3, 3, 24, 20))
+    assert v.shape == (3, 3, *expected_hw)
+
+
+@pytest.mark.parametrize(
+    "arch, image_side, view_scale, smallest",
+    [("resnet20", 32, 0.1, "0.125"), ("resnet18", 32, 0.2, "0.25"), ("resnet20", 12, 0.25, "0.333")],
+)
+def test_views_too_small_for_the_arch_are_refused_with_the_scale_that_works(arch, image_side, view_scale, smallest):
+    raw = {"model": {"arch": arch}, "memory": {"scales": [2, 3]}, "contrastive": {"view_scale": view_scale}}
+    params = parse_params(raw)
+    with pytest.raises(DataError, match=rf"contrastive.view_scale = {view_scale:g} .*{arch}.* at least {smallest}"):
+        training_view_hw((image_side, image_side), params)
+    ok = parse_params({**raw, "contrastive": {"view_scale": float(smallest)}})
+    assert min(training_view_hw((image_side, image_side), ok)) >= 2 ** (3 if arch == "resnet18" else 2)
 
 
 def test_to_float_numpy(cifar_train_slice):

@@ -26,7 +26,9 @@ def _params(**train):
     t.update(train)
     model = {"arch": "resnet20", "width": 8, "proj_dim": 16}
     memory = {"scales": [2, 3], "size": 16}
-    return parse_params({"model": model, "memory": memory, "contrastive": {"rotation_weight": 0.0}, "train": t})
+    return parse_params(
+        {"model": model, "memory": memory, "contrastive": {"rotation_weight": 0.0, "shifted_instances": 1, "view_scale": 1.0}, "train": t}
+    )
 
 
 def _class(cifar_train_slice, cls, n=100) -> torch.Tensor:
@@ -226,6 +228,22 @@ def test_shifted_instances_push_an_image_away_from_its_own_turn():
         macl.train_macl(net, images, None, _shifted_params(k, epochs=3), RUNTIME, 0, progress=False)
         cosines[k] = _cosine_to_turned(net, held_out)
     assert cosines[4] < cosines[1] - 0.5, cosines  # measured: 1.00 against -0.44
+
+
+def test_view_scale_trains_on_smaller_views_and_the_net_still_takes_full_images(cifar_train_slice):
+    p = _params(epochs=2, batch_size=25)
+    p = p.model_copy(update={"contrastive": p.contrastive.model_copy(update={"view_scale": 0.5})})
+    seed_everything(0)
+    net = AnoMemNet(p.model, p.memory)
+    trained_on = []
+    net.encoder.stem.register_forward_pre_hook(lambda m, args: trained_on.append(tuple(args[0].shape[2:])) if m.training else None)
+    history = macl.train_macl(net, _class(cifar_train_slice, 0, 50), None, p, RUNTIME, 0, progress=False)
+    assert trained_on == [(16, 16)] * 4  # 2 epochs of 2 steps, both views of a step in one pass
+    assert all(math.isfinite(h["loss"]) for h in history)
+    net.eval()
+    with torch.no_grad():
+        feats = net.features(torch.as_tensor(cifar_train_slice[0][:4]).permute(0, 3, 1, 2).float() / 255)
+    assert feats[3].shape[2:] == (8, 8)  # scored at the images' own size
 
 
 def test_rotation_weight_without_a_head_is_refused(cifar_train_slice):

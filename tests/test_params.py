@@ -157,6 +157,8 @@ BAD_VALUES = {
         ["train.batch_size = 256", "contrastive.shifted_instances = 3", "multiple"],
     ),
     "more shifted instances than turns": ({"contrastive": {"shifted_instances": 5}}, ["contrastive.shifted_instances = 5", "4"]),
+    "views at no size": ({"contrastive": {"view_scale": 0}}, ["contrastive.view_scale = 0", "greater than 0"]),
+    "views larger than the images": ({"contrastive": {"view_scale": 2}}, ["contrastive.view_scale = 2", "less than or equal to 1"]),
     "wrong type": ({"train": {"epochs": "ten"}}, ["train.epochs = 'ten'", "integer"]),
     "group not a mapping": ({"memory": 5}, ["memory = 5"]),
     "hue above 0.5": ({"contrastive": {"color_jitter": [0.4, 0.4, 0.4, 0.9]}}, ["contrastive.color_jitter", "hue <= 0.5"]),

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from anomem.errors import DataError
-from anomem.params import SETTINGS, DataParams, Params, uses_shifted_negatives
+from anomem.params import ARCH_STAGES, SETTINGS, DataParams, Params, uses_shifted_negatives
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,21 @@ def require_square_for_turns(image_hw: tuple[int, ...], params: Params, settings
         )
 
 
+def training_view_hw(image_hw: tuple[int, ...], params: Params) -> tuple[int, int]:
+    """Stage 1's view size: the images' (h, w) times contrastive.view_scale, rounded; a DataError, before any work, when the
+    encoder's last stage would get no map from it."""
+    scale = params.contrastive.view_scale
+    view_hw = (max(1, round(image_hw[0] * scale)), max(1, round(image_hw[1] * scale)))
+    halvings = ARCH_STAGES[params.model.arch] - 1  # every stage after the first halves the map
+    if min(view_hw) < 2**halvings:
+        raise DataError(
+            f"contrastive.view_scale = {scale:g} makes {image_hw[0]}x{image_hw[1]} images into {view_hw[0]}x{view_hw[1]} training views, "
+            f"and {params.model.arch} halves its input {halvings} times, so views under {2**halvings} pixels leave its last stage "
+            f"no map; raise view_scale to at least {2**halvings / min(image_hw[:2]):.3g} (1 = the images' own size)"
+        )
+    return view_hw
+
+
 def quarter_turned(images: np.ndarray, seed: int) -> np.ndarray:
     """Each uint8 NHWC image turned by a random 90, 180 or 270 degrees: CSI's "shifted" copies of normal data."""
     if images.shape[1] != images.shape[2]:
@@ -242,7 +257,7 @@ class ContrastiveViews(nn.Module):
 
     def __init__(
         self,
-        image_hw: tuple[int, int],
+        view_hw: tuple[int, int],
         crop_min_scale: float,
         color_jitter: list[float],
         jitter_p: float,
@@ -252,11 +267,17 @@ class ContrastiveViews(nn.Module):
         import kornia.augmentation as K
 
         self.augment = nn.Sequential(
-            K.RandomResizedCrop(tuple(image_hw), scale=(crop_min_scale, 1.0)),
+            K.RandomResizedCrop(tuple(view_hw), scale=(crop_min_scale, 1.0)),
             K.RandomHorizontalFlip(),
             K.ColorJitter(*color_jitter, p=jitter_p),
             K.RandomGrayscale(p=grayscale_p),
         )
+
+    @classmethod
+    def from_params(cls, params: Params, image_hw: tuple[int, ...]) -> ContrastiveViews:
+        """The views `contrastive` asks for, of images image_hw in size, at `training_view_hw`."""
+        c = params.contrastive
+        return cls(training_view_hw(image_hw, params), c.crop_min_scale, c.color_jitter, c.jitter_p, c.grayscale_p)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

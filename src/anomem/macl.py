@@ -77,7 +77,9 @@ def train_macl(
     turn (after augmentation) and the rotation head learns to name it. With `contrastive.shifted_instances`
     K > 1 (CSI's shifted instances), each step takes batch_size / K images, each under K distinct random
     quarter turns, and every turned copy is its own instance: the same image under another turn is a
-    negative. An epoch then takes K times the steps. Without memories
+    negative. An epoch then takes K times the steps. `contrastive.view_scale` < 1 makes the views smaller than the
+    images (0.5: 16-pixel views of 32-pixel images, about a quarter of the step's convolution work); the memories are
+    seeded from, and later stages score, the images at their own size. Without memories
     (`memory.enabled: false`) the loss is the plain NT-Xent alone: the SimCLR baseline.
     Returns the per-epoch logs.
     """
@@ -86,13 +88,7 @@ def train_macl(
     shifts = c.shifted_instances
     images_per_step = min(t.batch_size // shifts, normal_images.shape[0])
     steps_per_epoch = normal_images.shape[0] // images_per_step
-    views = ContrastiveViews(
-        tuple(normal_images.shape[1:3]),
-        c.crop_min_scale,
-        c.color_jitter,
-        c.jitter_p,
-        c.grayscale_p,
-    ).to(device)
+    views = ContrastiveViews.from_params(params, normal_images.shape[1:3]).to(device)
     net.to(device, memory_format=runtime.memory_format())
     optimizer, scheduler = build_optimizer(net, params, steps_per_epoch)
     order = torch.Generator().manual_seed(seed)

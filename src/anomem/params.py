@@ -160,7 +160,9 @@ class ContrastiveParams(_Group):
     plain_weight: float = Field(1.0, ge=0.0)
     rotation_weight: float = Field(1.0, ge=0.0, description="CSI-style rotation prediction; 0 turns it off")
     # CSI's shifted instances: each step's images under this many distinct quarter turns, each turn its own instance.
-    shifted_instances: int = Field(1, ge=1, le=4)
+    shifted_instances: int = Field(4, ge=1, le=4)
+    # Stage 1's views (the crop's output) at this fraction of the images' side; 1 = full size. Scoring always sees full images.
+    view_scale: float = Field(0.5, gt=0.0, le=1.0)
     crop_min_scale: float = Field(0.2, gt=0.0, le=1.0)
     color_jitter: list[float] = Field(default_factory=lambda: [0.4, 0.4, 0.4, 0.1])
     jitter_p: float = Field(0.8, ge=0.0, le=1.0)
@@ -177,7 +179,7 @@ class ContrastiveParams(_Group):
 class TrainParams(_Group):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(6, ge=1)
     batch_size: int = Field(256, ge=2)
     known_batch_size: int = Field(32, ge=1)
     lr: float = Field(0.4, gt=0.0)
