@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from anomem import io
-from anomem.data import ContrastiveViews, to_float
+from anomem.data import ContrastiveViews, to_float, training_view_hw
 from anomem.memory import HopfieldMemory
 from anomem.model import AnoMemNet
 from anomem.params import ARCH_STAGES, Params, load_params
@@ -103,8 +104,11 @@ def _softmax_then_matmul(memory: HopfieldMemory, fmap: torch.Tensor) -> torch.Te
 def memory_read_seconds(params: Params, images: torch.Tensor, repeats: int = 5) -> dict[str, dict[str, float]]:
     """Median seconds of forward + backward of each scale's read on one step's maps (2 x batch views)."""
     net = AnoMemNet.from_params(variant(params, memory_enabled=True))
-    x = to_float(images[: 2 * params.train.batch_size]).contiguous(memory_format=torch.channels_last)
+    x = to_float(images[: 2 * params.train.batch_size])
     net.init_memories(x)
+    # the step reads the maps of its training views, which `contrastive.view_scale` may make smaller than the images
+    x = F.interpolate(x, size=training_view_hw(tuple(x.shape[2:]), params), mode="bilinear", antialias=True)
+    x = x.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         feats = net.features(x)
     reads = {"fused": lambda m, f: m(f), "softmax_then_matmul": _softmax_then_matmul}
@@ -152,10 +156,13 @@ def memory_path_flops(params: Params, scales: list[int], image_hw: tuple[int, in
 
 
 def step_flops(params: Params, image_hw: tuple[int, int]) -> dict:
-    """The memory path's FLOP share at the params' scales, and at the last stage alone (no second pass)."""
+    """The memory path's FLOP share at the params' scales, and at the last stage alone (no second pass), on the
+    training views that images of image_hw give (`contrastive.view_scale`)."""
+    view_hw = training_view_hw(image_hw, params)
     return {
-        "params_scales": memory_path_flops(params, params.memory.scales, image_hw),
-        "last_stage_only": memory_path_flops(params, [ARCH_STAGES[params.model.arch]], image_hw),
+        "view_hw": list(view_hw),
+        "params_scales": memory_path_flops(params, params.memory.scales, view_hw),
+        "last_stage_only": memory_path_flops(params, [ARCH_STAGES[params.model.arch]], view_hw),
     }
 
 
@@ -206,9 +213,10 @@ def flops_note(flops: dict) -> str:
     giga = lambda n: f"{n / 1e9:.1f} GFLOP"
     scales = ", ".join(f"S{s}" for s in ours["scales"])
     floor = "below" if ours["share"] > MEMORY_BUDGET else "above"
+    size = f" {flops['view_hw'][0]}x{flops['view_hw'][1]}" if "view_hw" in flops else ""  # reports before view_scale: full images
     return (
         f"FLOP floor (counted by torch's FlopCounterMode, forward and backward, so the same on every machine): on one step's "
-        f"{ours['views']} views the plain step takes {giga(ours['plain'])}, and the memory path at {scales} adds "
+        f"{ours['views']}{size} views the plain step takes {giga(ours['plain'])}, and the memory path at {scales} adds "
         f"{giga(ours['memory_path'])} (**+{ours['share']:.0%}**): {giga(ours['reads'])} in the reads, the rest in the second "
         f"pass through the stages after S{ours['scales'][0]}. No implementation of these scales costs less than that, so the "
         f"{MEMORY_BUDGET:.0%} target is {floor} the design's floor; the measured cost beyond the floor is the implementation's "
@@ -354,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time nothing, write nothing: print the memory path's FLOP floor for --params (any profile, instantly)",
     )
-    parser.add_argument("--image-size", type=int, default=32, help="side of the square images that --flops-only counts on")
+    parser.add_argument("--image-size", type=int, default=32, help="side of the square images whose training views --flops-only counts on")
     args = parser.parse_args(argv)
     if args.flops_only:
         print(flops_note(step_flops(load_params(args.params), (args.image_size, args.image_size))))

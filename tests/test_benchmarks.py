@@ -22,7 +22,7 @@ from benchmarks.__main__ import (
 )
 
 from anomem.model import AnoMemNet
-from anomem.params import Params, load_params
+from anomem.params import Params, load_params, parse_params
 from conftest import REPO
 
 CHILD = """
@@ -252,15 +252,20 @@ def test_the_flop_floor_is_what_a_whole_memory_step_adds_to_the_plain_step():
     n = params.memory.size
     assert got["reads"] == sum(12 * 16 * hw * hw * n * c for hw, c in ((16, 16), (8, 32)))
     assert 0.3 < got["share"] < 0.5, "the second pass through stage 3 is about a third of the encoder"
-    both = step_flops(params, (32, 32))
-    assert both["params_scales"]["share"] == got["share"]
+    full_views = params.model_copy(update={"contrastive": params.contrastive.model_copy(update={"view_scale": 1.0})})
+    both = step_flops(full_views, (32, 32))
+    assert both["view_hw"] == [32, 32] and both["params_scales"]["share"] == got["share"]
     assert both["last_stage_only"]["scales"] == [3] and both["last_stage_only"]["share"] < 0.05, "S3 alone: no second pass"
+    # the step trains on its views, so the floor is counted on them: half-size views of 32-pixel images are 16 x 16
+    half = step_flops(params, (32, 32))
+    assert params.contrastive.view_scale == 0.5 and half["view_hw"] == [16, 16]
+    assert half["params_scales"] == memory_path_flops(params, [2, 3], (16, 16))
 
 
 def test_report_sets_the_step_cost_beside_its_flop_floor():
-    figures = {**_step_figures(), "flops": step_flops(Params(), (32, 32))}
-    text = markdown(figures)
-    assert "the memory path at S2, S3 adds 12.5 GFLOP (**+40%**)" in text
+    full_views = parse_params({"contrastive": {"view_scale": 1.0}})
+    text = markdown({**_step_figures(), "flops": step_flops(full_views, (32, 32))})
+    assert "on one step's 512 32x32 views the plain step takes 31.5 GFLOP, and the memory path at S2, S3 adds 12.5 GFLOP (**+40%**)" in text
     assert "the 20% target is above the design's floor" not in text and "target is below the design's floor" in text
     assert "A memory at S3 alone (`memory.scales: [3]`) adds 0.8 GFLOP (+3%, no second pass)" in text
     assert "FLOP floor" not in markdown(_step_figures()), "reports timed before the count have no floor line"

@@ -106,8 +106,11 @@ def _snapshot(state: dict) -> dict:
     return torch.load(buf, weights_only=False)
 
 
-def test_resume_reproduces_an_uninterrupted_run(cifar_train_slice):
+@pytest.mark.parametrize("shifted_instances, view_scale", [(1, 1.0), (4, 0.5)], ids=["full-size views", "cpu profile's stage 1"])
+def test_resume_reproduces_an_uninterrupted_run(cifar_train_slice, shifted_instances, view_scale):
     p = _params(epochs=4, checkpoint_every_epochs=2, batch_size=16)
+    turned_and_small = {"shifted_instances": shifted_instances, "view_scale": view_scale}
+    p = p.model_copy(update={"contrastive": p.contrastive.model_copy(update=turned_and_small)})
     normal = _class(cifar_train_slice, 0, 32)
     seed = 3
 
