@@ -21,14 +21,13 @@ RUNTIME = make_runtime("cpu", 0, "fp32")
 LOSS_KEYS = ("loss", "loss_memory", "loss_plain", "loss_variance")
 
 
-def _params(**train):
+def _params(contrastive: dict | None = None, **train):
     t = {"device": "cpu", "precision": "fp32", "epochs": 2, "batch_size": 50, "lr": 0.2, "warmup_epochs": 1, "known_batch_size": 10}
     t.update(train)
     model = {"arch": "resnet20", "width": 8, "proj_dim": 16}
     memory = {"scales": [2, 3], "size": 16}
-    return parse_params(
-        {"model": model, "memory": memory, "contrastive": {"rotation_weight": 0.0, "shifted_instances": 1, "view_scale": 1.0}, "train": t}
-    )
+    c = {"rotation_weight": 0.0, "shifted_instances": 1, "view_scale": 1.0, **(contrastive or {})}
+    return parse_params({"model": model, "memory": memory, "contrastive": c, "train": t})
 
 
 def _class(cifar_train_slice, cls, n=100) -> torch.Tensor:
@@ -108,9 +107,8 @@ def _snapshot(state: dict) -> dict:
 
 @pytest.mark.parametrize("shifted_instances, view_scale", [(1, 1.0), (4, 0.5)], ids=["full-size views", "cpu profile's stage 1"])
 def test_resume_reproduces_an_uninterrupted_run(cifar_train_slice, shifted_instances, view_scale):
-    p = _params(epochs=4, checkpoint_every_epochs=2, batch_size=16)
     turned_and_small = {"shifted_instances": shifted_instances, "view_scale": view_scale}
-    p = p.model_copy(update={"contrastive": p.contrastive.model_copy(update=turned_and_small)})
+    p = _params(turned_and_small, epochs=4, checkpoint_every_epochs=2, batch_size=16)
     normal = _class(cifar_train_slice, 0, 32)
     seed = 3
 
@@ -234,8 +232,7 @@ def test_shifted_instances_push_an_image_away_from_its_own_turn():
 
 
 def test_view_scale_trains_on_smaller_views_and_the_net_still_takes_full_images(cifar_train_slice):
-    p = _params(epochs=2, batch_size=25)
-    p = p.model_copy(update={"contrastive": p.contrastive.model_copy(update={"view_scale": 0.5})})
+    p = _params({"view_scale": 0.5}, epochs=2, batch_size=25)
     seed_everything(0)
     net = AnoMemNet(p.model, p.memory)
     trained_on = []
