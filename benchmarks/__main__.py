@@ -180,17 +180,27 @@ def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def views_note(plain: dict, default_scales: list[int] | None) -> str:
+def knn_feature_words(scales: list[int], pooling: str) -> str:
+    if not scales:
+        return "the last stage's average- and max-pooled maps" if pooling == "avg_max" else "the last stage's pooled feature"
+    how = "average- and max-pooled maps" if pooling == "avg_max" else "pooled maps"
+    return f"the {how} of stage(s) {', '.join(map(str, scales))}"
+
+
+def views_note(plain: dict, default_scales: list[int] | None, default_pooling: str | None = None) -> str:
     """How the plain run's kNN score was taken, and whether that is how the default's kNN score is taken."""
     scales = plain.get("knn_scales", [])  # runs before detector.knn_scales scored the last stage
-    feature = f"the pooled maps of stage(s) {', '.join(map(str, scales))}" if scales else "the last stage's pooled feature"
+    pooling = plain.get("knn_pooling", "avg")  # runs before detector.knn_pooling average-pooled
     text = (
         f"Its kNN score averages over the same {len(plain['views'])} test-time view(s) as the default's kNN score "
-        f"(`detector.knn_turns`, `detector.knn_mirror`), with {feature} (`detector.knn_scales`). "
+        f"(`detector.knn_turns`, `detector.knn_mirror`), with {knn_feature_words(scales, pooling)} "
+        "(`detector.knn_scales`, `detector.knn_pooling`). "
     )
-    if default_scales is not None and list(default_scales) != list(scales):
-        ours = f"stage(s) {', '.join(map(str, default_scales))}" if default_scales else "the last stage"
-        text += f"**Not the same feature**: the default's kNN score now pools {ours}, and this plain run predates that. "
+    ours = (list(default_scales), default_pooling or "avg") if default_scales is not None else None
+    if ours is not None and ours != (list(scales), pooling):
+        text += (
+            f"**Not the same feature**: the default's kNN score now takes {knn_feature_words(*ours)}, and this plain run predates that. "
+        )
     if "knn_scales" in plain:
         return text + "The column beside it is textbook SimCLR + kNN: the un-augmented image alone, the last stage's pooled feature. "
     return text + "The column beside it scores the un-augmented image alone. "
@@ -322,7 +332,7 @@ def markdown(result: dict) -> str:
             "",
             f"Plain run: `memory.enabled: false`, no rotation head, {p['epochs']} epochs "
             f"({p['mean_train_seconds']:.0f} s of training per class; {time_match(p)}), on classes {', '.join(p['auroc'])}. "
-            f"{views_note(p, result.get('default_knn_scales'))}The default's columns are its committed grid's per-class AUROC for the same classes.",
+            f"{views_note(p, result.get('default_knn_scales'), result.get('default_knn_pooling'))}The default's columns are its committed grid's per-class AUROC for the same classes.",
             "",
             "| class | plain kNN, scored as ours | plain kNN, textbook | " + " | ".join(scores) + " |",
             "|---|---|---|" + "---|" * len(scores),
@@ -379,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "plain_baseline": _read(PLAIN),
             "default_metrics": _read(REPORTS / "metrics.json"),
             "default_knn_scales": load_params(args.params).detector.knn_scales,
+            "default_knn_pooling": load_params(args.params).detector.knn_pooling,
         }
         io.write_text(Path(f"{args.report}.md"), markdown(result))
         print(markdown(result))
@@ -413,12 +424,16 @@ def main(argv: list[str] | None = None) -> int:
                 "plain_baseline": _read(PLAIN),
                 "default_metrics": _read(REPORTS / "metrics.json"),
                 "default_knn_scales": params.detector.knn_scales,
+                "default_knn_pooling": params.detector.knn_pooling,
             }
             if of_grid
             else {}
         ),
     }
-    io.write_json(Path(f"{args.report}.json"), {k: v for k, v in result.items() if k not in ("default_metrics", "default_knn_scales")})
+    io.write_json(
+        Path(f"{args.report}.json"),
+        {k: v for k, v in result.items() if k not in ("default_metrics", "default_knn_scales", "default_knn_pooling")},
+    )
     io.write_text(Path(f"{args.report}.md"), markdown(result))
     print(markdown(result))
     return 0

@@ -4,14 +4,18 @@
     python -m benchmarks.knn_probe --classes 0 1 2 3 4 5 6 7 8 9
     python -m benchmarks.knn_probe --root DIR --out reports/benchmarks/knn_probe_plain.json
         # models kept by `python -m benchmarks.ablate --keep DIR -S ...` (a plain SimCLR run, say)
+    python -m benchmarks.knn_probe --resize 0.5         # every image scored at half its side (the CPU profile's views)
 
 Nothing is trained: it reads <root>/data/models/<pair>/model.pt with <root>/params.yaml (what `dvc repro` or
 `benchmarks.ablate --keep` left) and the images in data/prepared. Stage 1 is deterministic on the CPU, so the
 grid's models give the same figures as a re-training. The bank is the normal training images; every variant but
 "image alone" averages over the four quarter turns, each scored against the same turn of the bank, as the
 committed kNN score does (`detector.knn_turns`). "+ rotation" sums a variant with the rotation score, each
-standardised on val_normal (ensemble.combined_score). Mean AUROC per variant lands in
-reports/benchmarks/knn_probe.json and is printed as a markdown table.
+standardised on val_normal (ensemble.combined_score). With a rotation head, two more rows ask whether the head
+is what limits the rotation score: a 4-way logistic regression refit on the bank's clean turned features (the trained
+head saw augmented views), scored as the head is; their "+ rotation" column sums them with the committed kNN score.
+`--resize` scales every image (bank and queries) before the passes, to score at the training views' size. Mean
+AUROC per variant lands in reports/benchmarks/knn_probe.json and is printed as a markdown table.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from anomem import io, layout
@@ -42,12 +48,15 @@ Features = dict[str, np.ndarray]  # "avg{s}" / "max{s}": (N, turns, C_s); "z": (
 
 
 @torch.no_grad()
-def turned_features(net: AnoMemNet, images: np.ndarray, batch_size: int, device: torch.device) -> Features:
-    """Average- and max-pooled F_s of every stage, and the projection z, for each quarter turn of uint8 NHWC images."""
+def turned_features(net: AnoMemNet, images: np.ndarray, batch_size: int, device: torch.device, side: int | None = None) -> Features:
+    """Average- and max-pooled F_s of every stage, and the projection z, for each quarter turn of uint8 NHWC images
+    (resized to side x side first, bilinear with antialiasing, when `side` is given)."""
     net.eval().to(device)
     out: dict[str, list[np.ndarray]] = {}
     for start in tqdm(range(0, images.shape[0], batch_size), desc="features", unit="batch", dynamic_ncols=True, leave=False):
         x = to_float(images[start : start + batch_size]).to(device)
+        if side is not None and x.shape[-2:] != (side, side):
+            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
         per_turn: dict[str, list[torch.Tensor]] = {}
         rotation = torch.zeros(x.shape[0], device=device)
         for turn in range(ROTATIONS):
@@ -86,6 +95,26 @@ def csi_score(bank: Features, query: Features) -> np.ndarray:
     return (-(similarity * q.norm(dim=-1)).mean(1)).numpy().astype(np.float64)
 
 
+def refit_rotation_score(bank: Features, query: Features, keys: tuple[str, ...]) -> np.ndarray:
+    """-mean_k log p(k | turn k) from a 4-way logistic regression fit on the bank's turned features (the named
+    features concatenated, standardised on the bank): the rotation score with a head that saw clean images."""
+    b, q = (np.concatenate([f[k] for k in keys], axis=-1) for f in (bank, query))
+    turns, dim = b.shape[1], b.shape[2]
+    scaler = StandardScaler().fit(b.reshape(-1, dim))
+    head = LogisticRegression(max_iter=1000).fit(scaler.transform(b.reshape(-1, dim)), np.tile(np.arange(turns), b.shape[0]))
+    log_p = head.predict_log_proba(scaler.transform(q.reshape(-1, dim))).reshape(q.shape[0], turns, turns)
+    return -np.mean([log_p[:, k, k] for k in range(turns)], axis=0)
+
+
+def refit_rotation_variants(last: int) -> dict[str, tuple[str, ...]]:
+    """The features each refit rotation head reads, by row name."""
+    both = tuple(f"{pool}{s}" for pool in ("avg", "max") for s in (last - 1, last))
+    return {
+        f"rotation head refit on the bank's clean turns, S{last} pooled": (f"avg{last}",),
+        f"rotation head refit on the bank's clean turns, S{last - 1} and S{last} average- and max-pooled": both,
+    }
+
+
 def scale_keys(prefix: str, scales: range) -> tuple[str, ...]:
     return tuple(f"{prefix}{s}" for s in scales)
 
@@ -112,14 +141,17 @@ def variants(last: int) -> dict[str, Callable[[Features, Features], np.ndarray]]
     }
 
 
-def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: torch.device) -> dict[str, dict[str, float]]:
+def probe_pair(
+    net: AnoMemNet, cls: int, setting: str, batch_size: int, device: torch.device, resize: float = 1.0
+) -> dict[str, dict[str, float]]:
     """AUROC of every variant on one pair's test split, alone and (with a rotation head) summed with the rotation score."""
     split = load_split(cls, setting)
     train = np.load(layout.images_file("train"), mmap_mode="r")
     test = np.load(layout.images_file("test"), mmap_mode="r")
-    bank = turned_features(net, train[split["train_normal"]], batch_size, device)
+    side = None if resize == 1.0 else max(1, round(train.shape[1] * resize))
+    bank = turned_features(net, train[split["train_normal"]], batch_size, device, side)
     # Test and val_normal in one pass and one score call, so each variant fits its bank statistics once.
-    queries = turned_features(net, np.concatenate([test[split["test"]], train[split["val_normal"]]]), batch_size, device)
+    queries = turned_features(net, np.concatenate([test[split["test"]], train[split["val_normal"]]]), batch_size, device, side)
     n_test = len(split["test"])
     labels = split["test_labels"]
     rotation = queries.get("rotation")
@@ -132,6 +164,11 @@ def probe_pair(net: AnoMemNet, cls: int, setting: str, batch_size: int, device: 
             result[name]["knn+rotation"] = score_metrics(labels, summed)["auroc"]
     if rotation is not None:
         result["the rotation score alone"] = {"knn": score_metrics(labels, rotation[:n_test])["auroc"]}
+        committed_knn = knn_score(bank[f"avg{net.encoder.num_stages}"], queries[f"avg{net.encoder.num_stages}"])
+        for name, keys in refit_rotation_variants(net.encoder.num_stages).items():
+            refit = refit_rotation_score(bank, queries, keys)
+            summed = combined_score({"knn": (committed_knn[:n_test], committed_knn[n_test:]), "rotation": (refit[:n_test], refit[n_test:])})
+            result[name] = {"knn": score_metrics(labels, refit[:n_test])["auroc"], "knn+rotation": score_metrics(labels, summed)["auroc"]}
     return result
 
 
@@ -158,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, nargs="+", default=[2, 3, 5, 0])
     parser.add_argument("--setting", default="one_class", choices=("one_class", "unbalanced"))
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--resize", type=float, default=1.0, help="score every image at this fraction of its side (default 1: as is)")
     args = parser.parse_args(argv)
+    if not 0 < args.resize <= 4:
+        parser.error(f"--resize {args.resize:g}: expected a fraction of the images' side in (0, 4]")
     params = load_params(args.root / "params.yaml")
     runtime = make_runtime(params.train.device, params.train.num_threads, params.train.precision)
     seed = params.experiment.seeds[0]
@@ -166,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     for cls in args.classes:
         pair = pair_id(cls, args.setting, seed)
         per_class[f"{cls}_{params.data.names[cls]}"] = probe_pair(
-            load_model(args.root, params, pair), cls, args.setting, params.train.eval_batch_size, runtime.device
+            load_model(args.root, params, pair), cls, args.setting, params.train.eval_batch_size, runtime.device, args.resize
         )
         print(f"{pair}: done", flush=True)
     table = markdown(per_class)
-    io.write_json(args.out, {"git_commit": git_commit(), "root": str(args.root), "setting": args.setting, "seed": seed,
+    io.write_json(args.out, {"git_commit": git_commit(), "root": str(args.root), "setting": args.setting, "seed": seed, "resize": args.resize,
                              "classes": args.classes, "auroc": per_class, "table": table})  # fmt: skip
     print(table)
     return 0

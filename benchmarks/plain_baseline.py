@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = plain_simclr(params, epochs)
 
     views = scoring_views(params.detector.knn_turns, params.detector.knn_mirror)
-    scales = tuple(params.detector.knn_scales)
+    scales, pooling = tuple(params.detector.knn_scales), params.detector.knn_pooling
     batch = params.train.eval_batch_size
     auroc, single_view, seconds = {}, {}, []
     for cls in classes:
@@ -85,11 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         train_macl(net, normal, None, plain, runtime, seed, progress=False)
         seconds.append(time.perf_counter() - began)
-        bank = extract(net, normal, runtime, batch, views, desc="bank", knn_scales=scales).pooled
-        feats = extract(net, test_images, runtime, batch, views, desc="test", knn_scales=scales).pooled
+        bank = extract(net, normal, runtime, batch, views, desc="bank", knn_scales=scales, knn_pooling=pooling).pooled
+        feats = extract(net, test_images, runtime, batch, views, desc="test", knn_scales=scales, knn_pooling=pooling).pooled
         name = f"{cls}_{params.data.names[cls]}"
         auroc[name] = score_metrics(split["test_labels"], knn_score(bank, feats, params.detector.knn_k))["auroc"]
-        if views == [IMAGE_AS_IS] and not scales:  # scored like the default is already the textbook score
+        if views == [IMAGE_AS_IS] and not scales and pooling == "avg":  # scored like the default is already the textbook score
             single_view[name] = auroc[name]
         else:
             bank, feats = (extract(net, x, runtime, batch, [IMAGE_AS_IS], desc="textbook").pooled for x in (normal, test_images))
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_auroc": float(np.mean(list(auroc.values()))),
         "views": [list(v) for v in views],
         "knn_scales": list(scales),
+        "knn_pooling": pooling,
         "auroc_single_view": single_view,
         "mean_auroc_single_view": float(np.mean(list(single_view.values()))),
         "mean_train_seconds": float(np.mean(seconds)),

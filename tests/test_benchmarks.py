@@ -147,7 +147,9 @@ def test_report_names_the_knn_feature_the_plain_run_was_scored_with():
     figures = {**_step_figures(), **_plain_and_default(0.66, 0.64, 0.7), "default_knn_scales": [2]}
     figures["plain_baseline"]["knn_scales"] = [2]
     text = markdown(figures)
-    assert "with the pooled maps of stage(s) 2 (`detector.knn_scales`)" in text and "Not the same feature" not in text
+    assert (
+        "with the pooled maps of stage(s) 2 (`detector.knn_scales`, `detector.knn_pooling`)" in text and "Not the same feature" not in text
+    )
     assert "textbook SimCLR + kNN: the un-augmented image alone, the last stage's pooled feature" in text
 
 
@@ -155,7 +157,18 @@ def test_report_says_so_when_the_plain_run_took_another_knn_feature():
     figures = {**_step_figures(), **_plain_and_default(0.66, 0.64, 0.7), "default_knn_scales": [2]}
     text = markdown(figures)  # a plain run from before detector.knn_scales: no key, the last stage
     assert "with the last stage's pooled feature" in text
-    assert "**Not the same feature**: the default's kNN score now pools stage(s) 2" in text
+    assert "**Not the same feature**: the default's kNN score now takes the pooled maps of stage(s) 2" in text
+
+
+def test_report_compares_the_pooling_of_the_knn_feature_too():
+    figures = {**_step_figures(), **_plain_and_default(0.66, 0.64, 0.7), "default_knn_scales": [2, 3], "default_knn_pooling": "avg_max"}
+    figures["plain_baseline"]["knn_scales"] = [2, 3]
+    assert "**Not the same feature**: the default's kNN score now takes the average- and max-pooled maps of stage(s) 2, 3" in markdown(
+        figures
+    )
+    figures["plain_baseline"]["knn_pooling"] = "avg_max"
+    text = markdown(figures)
+    assert "with the average- and max-pooled maps of stage(s) 2, 3" in text and "Not the same feature" not in text
 
 
 def test_report_says_met_when_the_headline_clears_plain_by_twenty_points():

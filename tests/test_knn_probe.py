@@ -106,10 +106,44 @@ def test_main_scores_every_variant_of_a_saved_model(tmp_path, monkeypatch, smoke
 
     result = json.loads(out.read_text())
     per_variant = result["auroc"]["0_airplane"]
-    assert len(per_variant) == len(knn_probe.variants(net.encoder.num_stages)) + 1  # + the rotation score alone
+    last = net.encoder.num_stages
+    # + the rotation score alone and the refit rotation heads
+    assert len(per_variant) == len(knn_probe.variants(last)) + 1 + len(knn_probe.refit_rotation_variants(last))
     for name, cols in per_variant.items():
         assert all(0.0 <= v <= 1.0 for v in cols.values()), name
     assert result["table"].count("\n") == len(per_variant) + 1
+
+
+def test_a_refit_rotation_head_scores_images_whose_turn_it_cannot_tell_as_anomalous():
+    rng = np.random.default_rng(0)
+    turns = np.eye(4, dtype=np.float32)
+
+    def turned(n, telling):  # (n, 4 turns, 4 + 4 noise dims): the turn's one-hot where it can be told
+        signal = np.broadcast_to(turns, (n, 4, 4)) if telling else rng.random((n, 4, 4), dtype=np.float32)
+        return {"avg3": np.concatenate([signal, rng.normal(0, 0.3, (n, 4, 4)).astype(np.float32)], axis=-1)}
+
+    bank = turned(200, telling=True)
+    normal, anomalous = turned(50, telling=True), turned(50, telling=False)
+    query = {"avg3": np.concatenate([normal["avg3"], anomalous["avg3"]])}
+
+    scores = knn_probe.refit_rotation_score(bank, query, ("avg3",))
+
+    assert scores.shape == (100,)
+    assert roc_auc_score(np.r_[np.zeros(50), np.ones(50)], scores) > 0.95
+
+
+def test_resized_features_are_the_network_s_on_the_resized_images(smoke_net, cifar_train_slice):
+    net, _ = smoke_net
+    images = cifar_train_slice[0][:6]
+    got = knn_probe.turned_features(net, images, batch_size=4, device=torch.device("cpu"), side=16)
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, size=(16, 16), mode="bilinear", antialias=True
+    )
+    with torch.no_grad():
+        expected = net.eval().features(x)[net.encoder.num_stages].mean((2, 3))
+    last = got[f"avg{net.encoder.num_stages}"]
+    torch.testing.assert_close(torch.from_numpy(last[:, 0]), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(last, knn_probe.turned_features(net, images, 4, torch.device("cpu"))[f"avg{net.encoder.num_stages}"])
 
 
 def test_a_missing_model_names_the_command_that_makes_it(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from anomem.knn import knn_score
 from anomem.model import AnoMemNet
 from anomem.params import parse_params
 from anomem.runtime import make_runtime
-from anomem.views import IMAGE_AS_IS, extract, scoring_views
+from anomem.views import IMAGE_AS_IS, extract, knn_feature_dim, scoring_views
 
 RUNTIME = make_runtime("cpu", 0, "fp32")
 
@@ -66,6 +66,21 @@ def test_knn_feature_of_several_scales_is_each_pooled_map_normalised_side_by_sid
     np.testing.assert_allclose(only_s2, feats[2].mean((2, 3)).numpy(), rtol=1e-4, atol=1e-6)
     last = extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS], knn_scales=(3,)).pooled
     np.testing.assert_array_equal(last, extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS]).pooled)
+
+
+@pytest.mark.parametrize("scales", [(2, 3), ()])
+def test_avg_max_knn_feature_is_each_stage_s_average_and_max_pooled_map_normalised(cifar_train_slice, scales):
+    images, _ = cifar_train_slice
+    net = _net()
+    got = extract(net, images[:6], RUNTIME, batch_size=4, views=[IMAGE_AS_IS], knn_scales=scales, knn_pooling="avg_max").pooled[:, 0]
+    stages = scales or (net.encoder.num_stages,)
+    assert got.shape == (6, knn_feature_dim(net, scales, "avg_max")) == (6, 2 * sum(net.encoder.channels[s] for s in stages))
+    with torch.no_grad():
+        feats = net.features(to_float(images[:6]))
+    expected = [pool(feats[s]) for s in stages for pool in (lambda f: f.mean((2, 3)), lambda f: f.amax((2, 3)))]
+    parts = np.split(got, np.cumsum([e.shape[1] for e in expected])[:-1], axis=1)
+    for part, pooled in zip(parts, expected, strict=True):
+        np.testing.assert_allclose(part, torch.nn.functional.normalize(pooled, dim=1).numpy(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("turns", [False, True])

@@ -227,9 +227,11 @@ class DetectorParams(_Group):
     # the four quarter turns (CSI's shifted views) and the mirror image of each.
     knn_turns: bool = True
     knn_mirror: bool = False
-    # Encoder stages whose average-pooled maps make the kNN feature (each L2-normalised, side by side);
+    # Encoder stages whose pooled maps make the kNN feature (each L2-normalised, side by side);
     # empty: the last stage, as SimCLR and CSI score it.
-    knn_scales: list[int] = Field(default_factory=list)
+    knn_scales: list[int] = Field(default_factory=lambda: [2, 3])
+    # avg: each of those stages' average-pooled map; avg_max: its max-pooled map beside it (each part L2-normalised).
+    knn_pooling: Literal["avg", "avg_max"] = "avg_max"
     # The headline `combined` sums these scores, each standardised on the normal validation images; a
     # listed score the run lacks (rotation without a rotation head) is left out.
     combine: NonEmptyUnique[list[Literal["detector", "rotation", "knn", "deviation"]]] = Field(

@@ -214,11 +214,11 @@ def _fitting(file: Path, load):
 def _require_bank_fits(bank: np.ndarray, net, params: Params, file: Path) -> None:
     """A ParamsError, before any pass, when the kNN bank was extracted with other test-time views or kNN features."""
     d = params.detector
-    views, dim = len(scoring_views(d.knn_turns, d.knn_mirror)), knn_feature_dim(net, tuple(d.knn_scales))
+    views, dim = len(scoring_views(d.knn_turns, d.knn_mirror)), knn_feature_dim(net, tuple(d.knn_scales), d.knn_pooling)
     if bank.shape[1:] != (views, dim):
         raise ParamsError(
             f"{file} holds {bank.shape[1]} views of {bank.shape[2]} features, but these params make {views} of {dim}: "
-            "detector.knn_turns, detector.knn_mirror or detector.knn_scales differ from those extraction ran with "
+            "detector.knn_turns, detector.knn_mirror, detector.knn_scales or detector.knn_pooling differ from those extraction ran with "
             "(score with those, --params)"
         )
 

@@ -5,7 +5,8 @@ the pooled feature of every view (the kNN score compares each view with the same
 training images and averages over views, CSI's ensemble over shifted views), and the rotation score
 -mean_k log p(k | rot_k(x)), which needs the four unmirrored turns. Sharing the passes means no view is
 computed twice. The kNN feature is the average-pooled map of the last stage, or of the stages in
-`detector.knn_scales`, each L2-normalised and concatenated.
+`detector.knn_scales`, each L2-normalised and concatenated; with `detector.knn_pooling: avg_max`, each of those
+stages' max-pooled map too, every part L2-normalised, side by side.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def scoring_views(turns: bool, mirror: bool) -> list[View]:
     return [(k, m) for m in ((False, True) if mirror else (False,)) for k in (range(ROTATIONS) if turns else (0,))]
 
 
-def knn_feature(net: AnoMemNet, feats: dict[int, torch.Tensor], scales: tuple[int, ...] = ()) -> torch.Tensor:
-    """The pooled feature the kNN score compares: the last stage's alone when `scales` is empty or names
-    only it, else the average-pooled F_s of each scale, L2-normalised (so no scale outweighs another), side by side."""
+def knn_feature(net: AnoMemNet, feats: dict[int, torch.Tensor], scales: tuple[int, ...] = (), pooling: str = "avg") -> torch.Tensor:
+    """The pooled feature the kNN score compares, from the stages in `scales` (empty: the last). With `pooling` avg:
+    the last stage's pooled feature alone when that is the only stage, one stage's average-pooled map as it is, else
+    each stage's average-pooled map L2-normalised (so no stage outweighs another), side by side. With avg_max: each
+    stage's average- and max-pooled maps, every part L2-normalised, side by side."""
+    if pooling == "avg_max":
+        maps = [feats[s].float() for s in scales or (net.encoder.num_stages,)]
+        return torch.cat([F.normalize(pooled, dim=1) for f in maps for pooled in (f.mean((2, 3)), f.amax((2, 3)))], dim=1)
     if not scales or list(scales) == [net.encoder.num_stages]:
         return net.pooled(feats)
     if len(scales) == 1:
@@ -50,8 +56,9 @@ def knn_feature(net: AnoMemNet, feats: dict[int, torch.Tensor], scales: tuple[in
     return torch.cat([F.normalize(feats[s].float().mean((2, 3)), dim=1) for s in scales], dim=1)
 
 
-def knn_feature_dim(net: AnoMemNet, scales: tuple[int, ...] = ()) -> int:
-    return sum(net.encoder.channels[s] for s in scales) if scales else net.encoder.out_dim
+def knn_feature_dim(net: AnoMemNet, scales: tuple[int, ...] = (), pooling: str = "avg") -> int:
+    channels = sum(net.encoder.channels[s] for s in scales) if scales else net.encoder.out_dim
+    return 2 * channels if pooling == "avg_max" else channels
 
 
 def recompute_bn_statistics(net: AnoMemNet, images: np.ndarray, runtime: Runtime, batch_size: int, turns: bool) -> None:
@@ -94,6 +101,7 @@ def extract(
     desc: str = "extract",
     map_dtype: str = "float16",
     knn_scales: tuple[int, ...] = (),
+    knn_pooling: str = "avg",
 ) -> Extracted:
     """For uint8 NHWC images: the kNN feature of each of `views`, the rotation score, and the deviation maps.
 
@@ -104,7 +112,9 @@ def extract(
         raise ValueError("the rotation score needs a network with a rotation head (contrastive.rotation_weight > 0)")
     n = images.shape[0]
     if n == 0 and maps:  # an empty split (no known anomalies in one_class) still gets maps of the right shape
-        one = extract(net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc, map_dtype, knn_scales)
+        one = extract(
+            net, np.zeros((1, *images.shape[1:]), np.uint8), runtime, 1, views, rotation, maps, desc, map_dtype, knn_scales, knn_pooling
+        )
         return Extracted(
             {s: m[:0] for s, m in one.maps.items()},
             None if one.pooled is None else one.pooled[:0],
@@ -114,7 +124,7 @@ def extract(
     slot = {view: i for i, view in enumerate(views)}
     passes = list(dict.fromkeys([*([IMAGE_AS_IS] if maps else []), *views, *(((k, False) for k in range(ROTATIONS)) if rotation else ())]))
     deviation: dict[int, np.ndarray] | None = {} if maps else None
-    pooled = np.empty((n, len(views), knn_feature_dim(net, knn_scales)), np.float32) if views else None
+    pooled = np.empty((n, len(views), knn_feature_dim(net, knn_scales, knn_pooling)), np.float32) if views else None
     scores = np.empty(n, np.float64) if rotation else None
     for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", dynamic_ncols=True):
         x = to_float(images[start : start + batch_size]).to(runtime.device, memory_format=runtime.memory_format())
@@ -130,7 +140,7 @@ def extract(
             if pooled is None and not rotation:
                 continue
             if (turn, mirrored) in slot:
-                pooled[start:end, slot[turn, mirrored]] = knn_feature(net, feats, knn_scales).cpu().numpy()
+                pooled[start:end, slot[turn, mirrored]] = knn_feature(net, feats, knn_scales, knn_pooling).cpu().numpy()
             if rotation and not mirrored:
                 total += net.rotation_nll(net.pooled(feats), turn)
         if scores is not None:
@@ -171,4 +181,5 @@ def extract_split(
         desc=desc,
         map_dtype=d.map_dtype,
         knn_scales=tuple(d.knn_scales),
+        knn_pooling=d.knn_pooling,
     )
