@@ -383,13 +383,14 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--render-only: {args.report}.json is missing; run `python -m benchmarks` first")
         if "rounds" in measured["stage1"]["plain"]:  # reports of 2026-12-01 kept the round costs but not their medians
             add_step_costs(measured["stage1"])
+        detector = load_params(args.params).detector
         result = {
             **measured,
             "grid": _read(GRID),
             "plain_baseline": _read(PLAIN),
             "default_metrics": _read(REPORTS / "metrics.json"),
-            "default_knn_scales": load_params(args.params).detector.knn_scales,
-            "default_knn_pooling": load_params(args.params).detector.knn_pooling,
+            "default_knn_scales": detector.knn_scales,
+            "default_knn_pooling": detector.knn_pooling,
         }
         io.write_text(Path(f"{args.report}.md"), markdown(result))
         print(markdown(result))

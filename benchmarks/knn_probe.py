@@ -115,6 +115,11 @@ def refit_rotation_variants(last: int) -> dict[str, tuple[str, ...]]:
     }
 
 
+def committed_variant(last: int) -> str:
+    """The row name of the kNN score the pipeline committed before 2026-12-04 (the last stage, average-pooled)."""
+    return f"S{last} pooled (the committed kNN score)"
+
+
 def scale_keys(prefix: str, scales: range) -> tuple[str, ...]:
     return tuple(f"{prefix}{s}" for s in scales)
 
@@ -124,7 +129,7 @@ def variants(last: int) -> dict[str, Callable[[Features, Features], np.ndarray]]
     knn = lambda keys, k=1, turns=slice(None): lambda b, q: knn_score(side_by_side(b, keys)[:, turns], side_by_side(q, keys)[:, turns], k)
     below = last - 1
     return {
-        f"S{last} pooled (the committed kNN score)": knn((f"avg{last}",)),
+        committed_variant(last): knn((f"avg{last}",)),
         f"S{last}, the image alone (no turns)": knn((f"avg{last}",), turns=slice(0, 1)),
         f"S{below} pooled": knn((f"avg{below}",)),
         f"S{below} and S{last} side by side": knn(scale_keys("avg", range(below, last + 1))),
@@ -156,15 +161,17 @@ def probe_pair(
     labels = split["test_labels"]
     rotation = queries.get("rotation")
     result: dict[str, dict[str, float]] = {}
+    committed = committed_variant(net.encoder.num_stages)
     for name, score in variants(net.encoder.num_stages).items():
         scores = score(bank, queries)
+        if name == committed:
+            committed_knn = scores
         result[name] = {"knn": score_metrics(labels, scores[:n_test])["auroc"]}
         if rotation is not None:
             summed = combined_score({"knn": (scores[:n_test], scores[n_test:]), "rotation": (rotation[:n_test], rotation[n_test:])})
             result[name]["knn+rotation"] = score_metrics(labels, summed)["auroc"]
     if rotation is not None:
         result["the rotation score alone"] = {"knn": score_metrics(labels, rotation[:n_test])["auroc"]}
-        committed_knn = knn_score(bank[f"avg{net.encoder.num_stages}"], queries[f"avg{net.encoder.num_stages}"])
         for name, keys in refit_rotation_variants(net.encoder.num_stages).items():
             refit = refit_rotation_score(bank, queries, keys)
             summed = combined_score({"knn": (committed_knn[:n_test], committed_knn[n_test:]), "rotation": (refit[:n_test], refit[n_test:])})
