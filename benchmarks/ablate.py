@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -35,6 +36,7 @@ from anomem.pipeline import PAIR_STAGES, differing_params, dvc_status, locked_pa
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "reports" / "ablations"
+DATA_FOLDER_VARIABLES = ("ANOMEM_DATA_DIR", "ANOMEM_CIFAR10_DIR")
 OUTPUT_DIR = {
     "train_contrastive_memory": layout.model_dir,
     "extract_deviation_maps": layout.deviation_dir,
@@ -83,10 +85,11 @@ def check_reusable(params: dict, stage_names: list[str], repo: Path = REPO) -> N
         raise SystemExit(f"--reuse-grid: these grid stages are not up to date: {', '.join(sorted(changed))}; run `dvc repro` first")
 
 
-def run_pipeline(params: dict, workdir: Path, prepare: bool = False, reuse: tuple[str, ...] = ()) -> dict:
-    """Run every stage script in workdir for the params' grid; return reports/metrics.json.
+def scratch_stage(params: dict, workdir: Path, seconds: dict[str, float] | None = None) -> Callable[..., None]:
+    """Make workdir a scratch copy of the project with these params; return a function that runs one stage script there.
 
-    Pair stages named in `reuse` are not run: their outputs are linked from this repo's data/.
+    The function fails with the stage's output when the script fails; each stage's wall time lands in `seconds`,
+    keyed by its name and arguments.
     """
     parse_params(params, "the ablation's params")  # fail before any work
     workdir.mkdir(parents=True, exist_ok=True)
@@ -95,16 +98,36 @@ def run_pipeline(params: dict, workdir: Path, prepare: bool = False, reuse: tupl
         if not (workdir / name).exists():
             (workdir / name).symlink_to(REPO / name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    for name in DATA_FOLDER_VARIABLES:  # the scripts run in workdir: a folder relative to here must still be found
+        if env.get(name):
+            env[name] = str(Path(env[name]).resolve())
 
     def stage(name: str, *args: str) -> None:
         began = time.perf_counter()
         done = subprocess.run([sys.executable, f"stages/{name}.py", *args], cwd=workdir, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{name} {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-        print(f"  {name} {' '.join(args)}: {time.perf_counter() - began:.0f}s", flush=True)
+        took = time.perf_counter() - began
+        if seconds is not None:
+            seconds[" ".join((name, *args))] = took
+        print(f"  {name} {' '.join(args)}: {took:.0f}s", flush=True)
+
+    return stage
+
+
+def run_pipeline(
+    params: dict, workdir: Path, prepare: bool = False, reuse: tuple[str, ...] = (), seconds: dict[str, float] | None = None
+) -> dict:
+    """Run every stage script in workdir for the params' grid; return reports/metrics.json.
+
+    Pair stages named in `reuse` are not run: their outputs are linked from this repo's data/. Without
+    `prepare`, a data/prepared already in workdir (a link, say) is used as it is. Each stage's wall time
+    lands in `seconds` (see scratch_stage).
+    """
+    stage = scratch_stage(params, workdir, seconds)
 
     prepared = workdir / layout.PREPARED
-    if prepare or not (REPO / layout.PREPARED).exists():
+    if prepare or (not prepared.exists() and not (REPO / layout.PREPARED).exists()):
         stage("prepare_data")
     elif not prepared.exists():
         prepared.parent.mkdir(parents=True, exist_ok=True)
