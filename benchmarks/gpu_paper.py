@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     report["epochs"] = epochs
     save()
     if epochs < 1:
-        raise SystemExit(f"--budget-s {args.budget_s:.0f} leaves no room for an epoch of {len(pairs)} pairs; give more or fewer pairs")
+        raise SystemExit(
+            f"--budget-s {args.budget_s:.0f} leaves no room for one epoch a pair ({len(pairs)} in all); give more time or fewer pairs"
+        )
     print(
         f"{epochs} epochs a pair (calibration: {calibration['epoch_seconds']:.2f} s an epoch, {overhead:.0f} s a pair besides)", flush=True
     )

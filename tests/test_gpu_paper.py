@@ -72,6 +72,6 @@ def test_a_budget_with_no_room_fails_after_the_calibration(tmp_path, monkeypatch
 
     monkeypatch.setattr(gpu_paper, "run_pipeline", slow_pipeline)
     monkeypatch.setattr(gpu_paper, "scratch_stage", lambda params, workdir: lambda name: (workdir / layout.PREPARED).mkdir(parents=True))
-    with pytest.raises(SystemExit, match="no room for an epoch"):
+    with pytest.raises(SystemExit, match="no room for one epoch a pair"):
         gpu_paper.main(["--budget-s", "150", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")])
     assert json.loads((tmp_path / "out" / "gpu_paper.json").read_text())["epochs"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from pathlib import Path
 
@@ -190,6 +191,8 @@ def test_failed_body_marks_run_failed(in_store):
 
 
 def test_disabled_tracking_does_nothing(monkeypatch, tmp_path, recwarn, capsys):
+    for module in ("mlflow", "mlflow.entities", "mlflow.tracking"):  # as where MLflow is not installed (the GPU machine)
+        monkeypatch.setitem(sys.modules, module, None)
     db = tmp_path / "store" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))

@@ -68,6 +68,8 @@ class Tracker:
         self.run_id = None
 
     def log_params(self, params: dict[str, Any]) -> None:
+        if not self.active:  # tracking off: MLflow need not even be installed
+            return
         from mlflow.entities import Param
 
         flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
@@ -78,6 +80,8 @@ class Tracker:
             )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.active:  # tracking off: MLflow need not even be installed
+            return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -93,6 +97,8 @@ class Tracker:
             )
 
     def set_tags(self, tags: dict[str, Any]) -> None:
+        if not self.active:  # tracking off: MLflow need not even be installed
+            return
         from mlflow.entities import RunTag
 
         self._call(
