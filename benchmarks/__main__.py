@@ -38,6 +38,7 @@ from benchmarks.common import load_class_images, plain_simclr, step_throughput, 
 REPORTS = Path("reports")
 GRID = REPORTS / "benchmarks" / "grid.json"
 PLAIN = REPORTS / "benchmarks" / "plain_baseline.json"
+GPU_PAPER = REPORTS / "gpu" / "paper-classes-0-3.json"  # written on a lent GPU by `python -m benchmarks.gpu_paper`
 MEMORY_BUDGET = 0.20  # the issue's target: memory and data pipeline cost at most 20 % of the plain step
 
 
@@ -352,7 +353,35 @@ def markdown(result: dict) -> str:
                 f"the target is +20 ({'met' if gain >= 20 else 'NOT met'}).",
             ]
         lines.append("")
+    if result.get("gpu_paper"):
+        lines += [gpu_paper_section(result["gpu_paper"]), ""]
     return "\n".join(lines) + "\n"
+
+
+def gpu_paper_section(run: dict) -> str:
+    """The paper profile's run on a lent GPU (reports/gpu/), as a table."""
+    env = run["environment"]
+    lines = [
+        "## The paper profile on a lent GPU (`python -m benchmarks.gpu_paper`)",
+        "",
+        f"{run.get('gpu', 'no GPU')}, torch {env['torch']}, git {run['git_commit'][:7]}; {run['epochs']} of the profile's "
+        f"{run['profile_epochs']} epochs a pair (what fitted a {run['budget_s']:.0f} s budget), overrides: "
+        f"{', '.join(f'`{o}`' for o in run['overrides']) or 'none'}; {run['wall_seconds']:.0f} s in all.",
+        "",
+        "| class | setting | epochs | headline AUROC | stage-1 images/s | pair s |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {p['cls']} | {p['setting']} | {p['epochs']} | {100 * p['auroc']['combined']:.1f} | {p['images_per_second']:.0f} | {p['pair_seconds']:.0f} |"
+            for p in run["pairs"]
+        ),
+    ]
+    if "paper_grid_gpu_hours" in run:
+        lines += [
+            "",
+            f"A full paper grid at this speed, with the detector epochs run here: {run['paper_grid_gpu_hours']:.1f} GPU-hours (an upper bound while the step stays "
+            "this slow; reports/gpu/README.md).",
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
             "default_metrics": _read(REPORTS / "metrics.json"),
             "default_knn_scales": detector.knn_scales,
             "default_knn_pooling": detector.knn_pooling,
+            "gpu_paper": _read(GPU_PAPER),
         }
         io.write_text(Path(f"{args.report}.md"), markdown(result))
         print(markdown(result))
@@ -426,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                 "default_metrics": _read(REPORTS / "metrics.json"),
                 "default_knn_scales": params.detector.knn_scales,
                 "default_knn_pooling": params.detector.knn_pooling,
+                "gpu_paper": _read(GPU_PAPER),
             }
             if of_grid
             else {}
@@ -433,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     io.write_json(
         Path(f"{args.report}.json"),
-        {k: v for k, v in result.items() if k not in ("default_metrics", "default_knn_scales", "default_knn_pooling")},
+        {k: v for k, v in result.items() if k not in ("default_metrics", "default_knn_scales", "default_knn_pooling", "gpu_paper")},
     )
     io.write_text(Path(f"{args.report}.md"), markdown(result))
     print(markdown(result))

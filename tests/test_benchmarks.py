@@ -290,3 +290,14 @@ def test_flops_only_prints_the_floor_of_any_profile_without_timing(capsys, monke
     monkeypatch.setattr(bench, "step_rates", lambda *a, **k: pytest.fail("--flops-only must not time anything"))
     assert bench.main(["--flops-only", "--params", str(REPO / "profiles" / "paper.yaml")]) == 0
     assert "the memory path at S2, S3, S4 adds 2012.1 GFLOP (**+59%**)" in capsys.readouterr().out
+
+
+def test_report_shows_the_gpu_run_of_the_paper_profile():
+    run = json.loads((REPO / "reports" / "gpu" / "paper-classes-0-3.json").read_text())
+    text = markdown({**_step_figures(), "gpu_paper": run})
+    assert "## The paper profile on a lent GPU" in text and run["gpu"] in text
+    assert f"{run['epochs']} of the profile's 500 epochs a pair" in text
+    first = run["pairs"][0]
+    assert f"| {first['cls']} | {first['setting']} | {first['epochs']} | {100 * first['auroc']['combined']:.1f} |" in text
+    assert f"{run['paper_grid_gpu_hours']:.1f} GPU-hours" in text
+    assert "lent GPU" not in markdown(_step_figures())
