@@ -301,3 +301,23 @@ def test_report_shows_the_gpu_run_of_the_paper_profile():
     assert f"| {first['cls']} | {first['setting']} | {first['epochs']} | {100 * first['auroc']['combined']:.1f} |" in text
     assert f"{run['paper_grid_gpu_hours']:.1f} GPU-hours" in text
     assert "lent GPU" not in markdown(_step_figures())
+
+
+def test_scratch_stages_find_a_data_folder_given_relative_to_the_caller(tmp_path, monkeypatch):
+    from test_gpu_bundle import write_toy_dataset
+
+    (tmp_path / "toy").mkdir()
+    write_toy_dataset(tmp_path / "toy")
+    params = yaml.safe_load((REPO / "profiles" / "smoke.yaml").read_text())
+    params["data"].update(dataset="toy", class_names=["a", "b", "c", "d"], n_known_outlier_classes=2, ratio_known_outlier=0.1)
+    params["experiment"].update(classes=[1], settings=["one_class"])
+    params["tracking"]["enabled"] = False
+    params["contrastive"]["view_scale"] = 1.0  # 8-pixel toy images
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ANOMEM_DATA_DIR", "toy")  # the stage runs in work/, where ./toy does not exist
+    seconds = {}
+
+    ablate.scratch_stage(params, tmp_path / "work", seconds)("prepare_data")
+
+    manifest = json.loads((tmp_path / "work" / "data" / "prepared" / "manifest.json").read_text())
+    assert manifest["train_count"] == 240 and list(seconds) == ["prepare_data"]
