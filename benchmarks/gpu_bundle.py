@@ -13,8 +13,8 @@ writes, under --out:
 
 On the GPU machine (carry the folder; the device README has the pip line):
     pip install --no-index --no-deps --target /tmp/site gpu_bundle/wheels/*.whl
-    PYTHONPATH=/tmp/site:src ANOMEM_CIFAR10_DIR=gpu_bundle python -m benchmarks.ablate \
-        --params profiles/paper.yaml --prepare --classes 0 3 --settings one_class unbalanced --keep $OUT/run
+    PYTHONPATH=/tmp/site:src ANOMEM_CIFAR10_DIR=gpu_bundle python3 -m benchmarks.gpu_paper --budget-s 500
+(benchmarks.gpu_paper fits the epochs to the budget; the README's GPU section has the whole command.)
 """
 
 from __future__ import annotations
